@@ -76,10 +76,12 @@ class HeldLease(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., lease_token: _Optional[str] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("running",)
+    __slots__ = ("running", "draining")
     RUNNING_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
     running: _containers.RepeatedCompositeFieldContainer[HeldLease]
-    def __init__(self, running: _Optional[_Iterable[_Union[HeldLease, _Mapping]]] = ...) -> None: ...
+    draining: bool
+    def __init__(self, running: _Optional[_Iterable[_Union[HeldLease, _Mapping]]] = ..., draining: _Optional[bool] = ...) -> None: ...
 
 class JobProgressReport(_message.Message):
     __slots__ = ("job_id", "lease_token", "progress")

@@ -1,0 +1,1 @@
+"""Code shared by job-service and worker-service: error model, gRPC server helpers, logging."""

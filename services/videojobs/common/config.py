@@ -1,0 +1,62 @@
+"""Configuration: command-line flags whose defaults come from VIDEOJOBS_*
+environment variables, so every setting can be given either way (flags win)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+DEFAULT_WORKER_LISTEN = "127.0.0.1:50052"
+DEFAULT_DATA_DIR = "./var"
+
+
+def env_default(name: str, default: Any, parse: Callable[[str], Any] = str) -> Any:
+    """The parsed value of environment variable `name`, or `default` when unset."""
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return parse(raw)
+    except ValueError as exc:
+        raise SystemExit(f"invalid value for {name}: {raw!r} ({exc})") from None
+
+
+def add_option(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    env: str,
+    default: Any,
+    help_text: str,
+    parse: Callable[[str], Any] = str,
+) -> None:
+    """Adds `--flag` with its default taken from `env` (documented in --help)."""
+    parser.add_argument(
+        flag,
+        default=env_default(env, default, parse),
+        type=parse,
+        help=f"{help_text} [env {env}; default {default}]",
+    )
+
+
+def storage_dirs(
+    data_dir: str, database_url: str | None, storage_url: str | None
+) -> tuple[str, str]:
+    """The database URL and storage URL, defaulting to places inside `data_dir`."""
+    base = Path(data_dir).expanduser().resolve()
+    base.mkdir(parents=True, exist_ok=True)
+    database = database_url or f"sqlite+aiosqlite:///{base / 'videojobs.db'}"
+    storage = storage_url or str(base / "storage")
+    return database, storage
+
+
+def setup_logging(level: str) -> None:
+    """Plain, timestamped log lines on stderr."""
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )

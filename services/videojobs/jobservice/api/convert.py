@@ -1,0 +1,141 @@
+"""Domain <-> protobuf translation for job-service."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from google.protobuf import any_pb2, json_format, struct_pb2, timestamp_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from videojobs.common.errors import ERROR_DOMAIN
+from videojobs.jobservice import domain
+from videojobs.v1 import job_pb2
+
+STATE_TO_PROTO = {
+    domain.JobState.QUEUED: job_pb2.JOB_STATE_QUEUED,
+    domain.JobState.RUNNING: job_pb2.JOB_STATE_RUNNING,
+    domain.JobState.SUCCEEDED: job_pb2.JOB_STATE_SUCCEEDED,
+    domain.JobState.FAILED: job_pb2.JOB_STATE_FAILED,
+    domain.JobState.CANCELLED: job_pb2.JOB_STATE_CANCELLED,
+}
+STATE_FROM_PROTO = {value: key for key, value in STATE_TO_PROTO.items()}
+
+
+def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    """A protobuf Timestamp, or None."""
+    if value is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def struct(value: dict[str, Any] | None) -> struct_pb2.Struct | None:
+    """A protobuf Struct from a JSON-shaped dict, or None."""
+    if value is None:
+        return None
+    message = struct_pb2.Struct()
+    message.update(value)
+    return message
+
+
+def struct_to_dict(message: struct_pb2.Struct) -> dict[str, Any]:
+    """A JSON-shaped dict from a Struct."""
+    return json_format.MessageToDict(message)
+
+
+def error_status(
+    code: str, message: str, reason: str, metadata: dict[str, str]
+) -> status_pb2.Status:
+    """A google.rpc.Status carrying an ErrorInfo."""
+    status = status_pb2.Status(code=code_pb2.Code.Value(code), message=message)
+    packed = any_pb2.Any()
+    packed.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata))
+    status.details.append(packed)
+    return status
+
+
+def artifact(value: domain.Artifact) -> job_pb2.Artifact:
+    """An Artifact message."""
+    return job_pb2.Artifact(
+        key=value.key.value, media_type=value.media_type, size_bytes=value.size_bytes
+    )
+
+
+def job(value: domain.Job) -> job_pb2.Job:
+    """A Job message."""
+    message = job_pb2.Job(
+        job_id=value.job_id,
+        state=STATE_TO_PROTO[value.state],
+        pipeline=value.pipeline,
+        parameters=struct(value.parameters),
+        progress=job_pb2.Progress(fraction=value.progress_fraction, stage=value.progress_stage),
+        attempt=value.attempt,
+        input_key=value.input_key.value,
+        output_key=value.output_key.value if value.output_key else "",
+        artifacts=[artifact(a) for a in value.artifacts],
+        create_time=timestamp(value.create_time),
+        start_time=timestamp(value.start_time),
+        end_time=timestamp(value.end_time),
+        summary=struct(value.summary),
+        file_name=value.file_name,
+        input_size_bytes=value.input_size_bytes,
+        input_sha256=value.input_sha256,
+        request_id=value.request_id or "",
+        last_event_sequence=value.last_event_sequence,
+    )
+    if value.error is not None:
+        message.error.CopyFrom(
+            error_status(
+                value.error.code, value.error.message, value.error.reason, value.error.metadata
+            )
+        )
+    return message
+
+
+def event(value: domain.JobEvent) -> job_pb2.JobEvent:
+    """A JobEvent message."""
+    message = job_pb2.JobEvent(
+        job_id=value.job_id,
+        sequence=value.sequence,
+        create_time=timestamp(value.create_time),
+        job_state=STATE_TO_PROTO[value.job_state],
+        attempt=value.attempt,
+    )
+    payload = value.payload
+    kind = value.kind
+    if kind is domain.EventKind.STATE_CHANGED:
+        from_state = payload.get("from_state")
+        message.state_changed.CopyFrom(
+            job_pb2.StateChanged(
+                from_state=STATE_TO_PROTO[domain.JobState(from_state)] if from_state else 0,
+                to_state=STATE_TO_PROTO[domain.JobState(payload["to_state"])],
+                reason=payload.get("reason", ""),
+            )
+        )
+    elif kind is domain.EventKind.PROGRESS:
+        message.progress.CopyFrom(
+            job_pb2.Progress(fraction=payload["fraction"], stage=payload.get("stage", ""))
+        )
+    elif kind is domain.EventKind.PARTIAL_RESULT:
+        message.partial_result.CopyFrom(
+            job_pb2.PartialResult(pipeline=payload["pipeline"], data=struct(payload["data"]))
+        )
+    elif kind is domain.EventKind.COMPLETED:
+        message.completed.CopyFrom(
+            job_pb2.JobCompleted(
+                output_key=payload["output_key"],
+                artifacts=[job_pb2.Artifact(**a) for a in payload.get("artifacts", [])],
+                summary=struct(payload.get("summary") or {}),
+            )
+        )
+    elif kind is domain.EventKind.FAILED:
+        message.failed.error.CopyFrom(
+            error_status(
+                payload["code"], payload["message"], payload["reason"], payload.get("metadata", {})
+            )
+        )
+    elif kind is domain.EventKind.CANCELLED:
+        message.cancelled.reason = payload.get("reason", "")
+    return message

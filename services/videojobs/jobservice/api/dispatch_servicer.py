@@ -1,0 +1,224 @@
+"""DispatchService servicer: one bidirectional stream per worker.
+
+A reader task applies the worker's messages in order; the handler itself
+yields what the coordinator queues for the worker (assignments, stop orders).
+Every storage key a worker sends goes through StorageKey; a malformed message
+ends the stream with INVALID_ARGUMENT naming the field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from google.protobuf import duration_pb2
+from google.rpc import code_pb2, error_details_pb2
+
+from videojobs.common import errors
+from videojobs.common.grpc_errors import maps_service_errors
+from videojobs.jobservice.api import convert
+from videojobs.jobservice.dispatch import (
+    DispatchCoordinator,
+    StopOrder,
+    WorkerHello,
+    WorkerSession,
+)
+from videojobs.jobservice.domain import Artifact, Assignment, check_job_id
+from videojobs.storage import InvalidStorageKey, StorageKey
+from videojobs.v1 import dispatch_service_pb2 as pb
+from videojobs.v1 import dispatch_service_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+_STOP_REASONS = {
+    "cancelled": pb.STOP_REASON_CANCELLED,
+    "lease_lost": pb.STOP_REASON_LEASE_LOST,
+    "job_ended": pb.STOP_REASON_JOB_ENDED,
+}
+_END_OF_STREAM = object()
+
+
+def _key(value: str, field_name: str) -> StorageKey:
+    try:
+        return StorageKey(value)
+    except InvalidStorageKey as exc:
+        raise errors.invalid_argument(
+            f"{field_name} is not a valid relative storage key",
+            [(field_name, exc.reason)],
+            reason="INVALID_STORAGE_KEY",
+        ) from None
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    value = duration_pb2.Duration()
+    value.FromNanoseconds(int(seconds * 1e9))
+    return value
+
+
+class DispatchServicer(dispatch_service_pb2_grpc.DispatchServiceServicer):
+    """Translates worker streams to the DispatchCoordinator."""
+
+    def __init__(self, coordinator: DispatchCoordinator) -> None:
+        self._coordinator = coordinator
+        self.shutting_down = False
+
+    @maps_service_errors
+    async def Connect(self, request_iterator, context) -> AsyncIterator[pb.ConnectResponse]:
+        if self.shutting_down:
+            raise errors.unavailable("the server is shutting down", "SHUTTING_DOWN")
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("payload") != "hello":
+            raise errors.invalid_argument(
+                "the first message must be hello", [("hello", "is required first")]
+            )
+        hello = first.hello
+        held = {}
+        for index, lease in enumerate(hello.held_leases):
+            check_job_id(lease.job_id, f"hello.held_leases[{index}].job_id")
+            held[lease.job_id] = lease.lease_token
+        session = await self._coordinator.open_session(
+            WorkerHello(
+                worker_id=hello.worker_id,
+                pipelines=frozenset(hello.pipelines),
+                max_concurrent_jobs=hello.max_concurrent_jobs,
+                held_leases=held,
+                version=hello.version,
+            )
+        )
+        reader = asyncio.create_task(self._read(session, request_iterator))
+        reader.add_done_callback(lambda _: session.outbox.put_nowait(_END_OF_STREAM))
+        try:
+            settings = self._coordinator.settings
+            yield pb.ConnectResponse(
+                welcome=pb.Welcome(
+                    heartbeat_interval=_duration(settings.heartbeat_interval),
+                    lease_duration=_duration(settings.lease_duration),
+                )
+            )
+            while True:
+                item = await session.outbox.get()
+                if item is _END_OF_STREAM:
+                    break
+                yield _to_response(item)
+            # The reader ended: the worker closed its side, its connection
+            # broke, or it sent something malformed (which the worker hears).
+            failure = None if reader.cancelled() else reader.exception()
+            if isinstance(failure, errors.ServiceError):
+                raise failure
+            if failure is not None:
+                log.info("stream of worker %s broke: %r", session.worker_id, failure)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            # Shielded: the handler may itself be being cancelled (the peer went
+            # away), and the requeue must still happen.
+            await asyncio.shield(
+                self._coordinator.close_session(session, requeue=not self.shutting_down)
+            )
+
+    async def _read(self, session: WorkerSession, request_iterator) -> None:
+        coordinator = self._coordinator
+        async for message in request_iterator:
+            kind = message.WhichOneof("payload")
+            if kind == "heartbeat":
+                running = {}
+                for index, lease in enumerate(message.heartbeat.running):
+                    check_job_id(lease.job_id, f"heartbeat.running[{index}].job_id")
+                    running[lease.job_id] = lease.lease_token
+                await coordinator.heartbeat(session, running, message.heartbeat.draining)
+            elif kind == "progress":
+                report = message.progress
+                check_job_id(report.job_id, "progress.job_id")
+                fraction = report.progress.fraction
+                if not 0.0 <= fraction <= 1.0:
+                    raise errors.invalid_argument(
+                        "progress out of range", [("progress.progress.fraction", "0.0 to 1.0")]
+                    )
+                await coordinator.report_progress(
+                    session, report.job_id, report.lease_token, fraction, report.progress.stage
+                )
+            elif kind == "partial_result":
+                report = message.partial_result
+                check_job_id(report.job_id, "partial_result.job_id")
+                await coordinator.report_partial_result(
+                    session,
+                    report.job_id,
+                    report.lease_token,
+                    report.partial_result.pipeline,
+                    convert.struct_to_dict(report.partial_result.data),
+                )
+            elif kind == "completion":
+                report = message.completion
+                check_job_id(report.job_id, "completion.job_id")
+                output_key = _key(report.output_key, "completion.output_key")
+                artifacts = [
+                    Artifact(
+                        _key(a.key, f"completion.artifacts[{i}].key"), a.media_type, a.size_bytes
+                    )
+                    for i, a in enumerate(report.artifacts)
+                ]
+                await coordinator.report_completion(
+                    session,
+                    report.job_id,
+                    report.lease_token,
+                    output_key,
+                    artifacts,
+                    convert.struct_to_dict(report.summary),
+                )
+            elif kind == "failure":
+                report = message.failure
+                check_job_id(report.job_id, "failure.job_id")
+                error = _failure_error(report)
+                await coordinator.report_failure(
+                    session, report.job_id, report.lease_token, error, report.retryable
+                )
+            elif kind == "stopped":
+                await coordinator.report_stopped(
+                    session, message.stopped.job_id, message.stopped.lease_token
+                )
+            else:
+                raise errors.invalid_argument(
+                    "unexpected message on the worker stream", [("payload", f"{kind} not allowed")]
+                )
+
+
+def _failure_error(report: pb.JobFailureReport) -> errors.ServiceError:
+    """The job's error from a worker's failure report (code names are checked)."""
+    status = report.error
+    code = code_pb2.Code.Name(status.code) if status.code in code_pb2.Code.values() else "UNKNOWN"
+    if code == "OK":
+        code = "UNKNOWN"
+    reason, metadata = "PIPELINE_FAILED", {}
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            reason, metadata = info.reason or reason, dict(info.metadata)
+    return errors.ServiceError(
+        status.message or "the pipeline failed", code, reason, metadata=metadata
+    )
+
+
+def _to_response(item: Assignment | StopOrder) -> pb.ConnectResponse:
+    if isinstance(item, StopOrder):
+        return pb.ConnectResponse(
+            stop_job=pb.StopJob(
+                job_id=item.job_id,
+                lease_token=item.lease_token,
+                reason=_STOP_REASONS[item.reason],
+            )
+        )
+    return pb.ConnectResponse(
+        assignment=pb.Assignment(
+            job_id=item.job_id,
+            attempt=item.attempt,
+            lease_token=item.lease_token,
+            input_key=item.input_key.value,
+            pipeline=item.pipeline,
+            parameters=convert.struct(item.parameters),
+            output_prefix=item.output_prefix.value,
+            lease_expire_time=convert.timestamp(item.lease_expire_time),
+        )
+    )

@@ -1,0 +1,105 @@
+"""JobService servicer: the client-facing API."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from videojobs.common import errors
+from videojobs.common.grpc_errors import maps_service_errors
+from videojobs.jobservice.api import convert
+from videojobs.jobservice.cancel import CancelService
+from videojobs.jobservice.events import EventFeed
+from videojobs.jobservice.queries import JobQueries
+from videojobs.jobservice.submit import SubmitService, UploadHeader
+from videojobs.v1 import job_service_pb2, job_service_pb2_grpc
+
+
+class JobServicer(job_service_pb2_grpc.JobServiceServicer):
+    """Translates JobService calls to the application services."""
+
+    def __init__(
+        self,
+        submit: SubmitService,
+        queries: JobQueries,
+        feed: EventFeed,
+        cancel: CancelService,
+    ) -> None:
+        self._submit = submit
+        self._queries = queries
+        self._feed = feed
+        self._cancel = cancel
+        self.accepting_submits = True
+
+    @maps_service_errors
+    async def SubmitVideo(self, request_iterator, context) -> job_service_pb2.SubmitVideoResponse:
+        if not self.accepting_submits:
+            raise errors.unavailable("the server is shutting down", "SHUTTING_DOWN")
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("payload") != "header":
+            raise errors.invalid_argument(
+                "the first SubmitVideo message must carry the header",
+                [("header", "is required in the first message")],
+                reason="HEADER_MISSING",
+            )
+        header = first.header
+        upload = UploadHeader(
+            file_name=header.file_name,
+            pipeline=header.pipeline,
+            parameters=convert.struct_to_dict(header.parameters),
+            request_id=header.request_id,
+            expected_size_bytes=header.expected_size_bytes,
+            expected_sha256=header.expected_sha256,
+        )
+        job = await self._submit.submit(upload, _chunks(request_iterator))
+        return job_service_pb2.SubmitVideoResponse(job=convert.job(job))
+
+    @maps_service_errors
+    async def GetStatus(self, request, context) -> job_service_pb2.GetStatusResponse:
+        job = await self._queries.get(request.job_id)
+        return job_service_pb2.GetStatusResponse(job=convert.job(job))
+
+    @maps_service_errors
+    async def StreamResults(self, request, context) -> AsyncIterator:
+        if request.after_sequence < 0:
+            raise errors.invalid_argument(
+                "after_sequence must not be negative", [("after_sequence", "must be 0 or more")]
+            )
+        async for event in self._feed.follow(request.job_id, request.after_sequence):
+            yield job_service_pb2.StreamResultsResponse(event=convert.event(event))
+
+    @maps_service_errors
+    async def ListJobs(self, request, context) -> job_service_pb2.ListJobsResponse:
+        states = []
+        for index, value in enumerate(request.states):
+            if value not in convert.STATE_FROM_PROTO:
+                raise errors.invalid_argument(
+                    "states holds an invalid value",
+                    [(f"states[{index}]", "must be a JobState other than UNSPECIFIED")],
+                )
+            states.append(convert.STATE_FROM_PROTO[value])
+        page = await self._queries.list(
+            page_size=request.page_size,
+            page_token=request.page_token,
+            states=states,
+            pipeline=request.pipeline,
+        )
+        return job_service_pb2.ListJobsResponse(
+            jobs=[convert.job(job) for job in page.jobs], next_page_token=page.next_page_token
+        )
+
+    @maps_service_errors
+    async def CancelJob(self, request, context) -> job_service_pb2.CancelJobResponse:
+        job = await self._cancel.cancel(request.job_id, request.reason)
+        return job_service_pb2.CancelJobResponse(job=convert.job(job))
+
+
+async def _chunks(request_iterator) -> AsyncIterator[bytes]:
+    """The bytes of every message after the header; a second header is refused."""
+    async for message in request_iterator:
+        if message.WhichOneof("payload") == "header":
+            raise errors.invalid_argument(
+                "SubmitVideo got a second header",
+                [("header", "only the first message may carry the header")],
+                reason="HEADER_REPEATED",
+            )
+        yield message.chunk

@@ -1,0 +1,58 @@
+"""CancelJob: a queued job ends at once; a running one ends at once and its
+worker is told to stop."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from videojobs.common import errors
+from videojobs.jobservice.domain import EventKind, Job, JobState, check_job_id, job_not_found
+from videojobs.jobservice.store import Database
+
+MAX_REASON_BYTES = 256
+
+
+class StopNotifier(Protocol):
+    """Tells the worker holding a lease to stop (the dispatch coordinator)."""
+
+    def stop_job(self, job_id: str, lease_token: str, reason: str) -> None:
+        """Queues a StopJob for the session holding `lease_token`, if connected."""
+
+
+class CancelService:
+    """Application service for CancelJob."""
+
+    def __init__(self, database: Database, workers: StopNotifier) -> None:
+        self._database = database
+        self._workers = workers
+
+    async def cancel(self, job_id: str, reason: str) -> Job:
+        """Cancels the job; FAILED_PRECONDITION if it already ended."""
+        check_job_id(job_id)
+        if len(reason.encode()) > MAX_REASON_BYTES:
+            raise errors.invalid_argument(
+                "reason is too long", [("reason", f"at most {MAX_REASON_BYTES} bytes")]
+            )
+        reason = reason or "cancelled by client"
+        async with self._database.transaction() as repository:
+            row = await repository.get_row(job_id, for_update=True)
+            if row is None:
+                raise job_not_found(job_id)
+            state = JobState(row.state)
+            if state.is_terminal:
+                raise errors.failed_precondition(
+                    f"job {job_id} already ended ({state.value})",
+                    "JOB_ALREADY_ENDED",
+                    job_id=job_id,
+                    state=state.value,
+                )
+            lease_token = row.lease_token if state is JobState.RUNNING else None
+            row.error_code = "CANCELLED"
+            row.error_message = reason
+            row.error_reason = "JOB_CANCELLED"
+            row.error_metadata = {}
+            repository.finish(row, JobState.CANCELLED, EventKind.CANCELLED, {"reason": reason})
+            job = await repository.to_domain(row)
+        if lease_token is not None:
+            self._workers.stop_job(job_id, lease_token, "cancelled")
+        return job

@@ -1,0 +1,187 @@
+"""Job domain types and the job state machine. No grpc, no SQL."""
+
+from __future__ import annotations
+
+import enum
+import re
+import secrets
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from videojobs.common import errors
+from videojobs.storage import StorageKey
+
+JOB_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+
+
+class JobState(enum.StrEnum):
+    """States of a job; values are stored in the database."""
+
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def is_terminal(self) -> bool:
+        """Terminal states never change."""
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+# The state machine (design brief section 3). RUNNING -> QUEUED is a lost lease
+# or a retryable failure; it always comes with attempt + 1.
+ALLOWED_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED, JobState.FAILED}),
+    JobState.RUNNING: frozenset(
+        {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.QUEUED}
+    ),
+    JobState.SUCCEEDED: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.CANCELLED: frozenset(),
+}
+
+
+class IllegalTransition(Exception):
+    """A state change the state machine does not allow (a bug, or a race lost)."""
+
+
+def check_transition(current: JobState, target: JobState) -> None:
+    """Raises IllegalTransition unless `current -> target` is allowed."""
+    if target not in ALLOWED_TRANSITIONS[current]:
+        raise IllegalTransition(f"{current} -> {target}")
+
+
+class EventKind(enum.StrEnum):
+    """Kinds of job events; match the JobEvent payload oneof in the contract."""
+
+    STATE_CHANGED = "state_changed"
+    PROGRESS = "progress"
+    PARTIAL_RESULT = "partial_result"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether a stream ends after an event of this kind."""
+        return self in (EventKind.COMPLETED, EventKind.FAILED, EventKind.CANCELLED)
+
+
+def utc_now() -> datetime:
+    """Timezone-aware now, in UTC."""
+    return datetime.now(UTC)
+
+
+def new_job_id() -> str:
+    """A fresh job id: 32 lowercase hex characters."""
+    return uuid.uuid4().hex
+
+
+def new_lease_token() -> str:
+    """A fresh, unguessable lease token."""
+    return secrets.token_hex(16)
+
+
+def check_job_id(job_id: str, field_name: str = "job_id") -> str:
+    """Returns `job_id` or raises INVALID_ARGUMENT naming `field_name`."""
+    if not JOB_ID_PATTERN.match(job_id or ""):
+        raise errors.invalid_argument(
+            "job_id is malformed",
+            [(field_name, "must be 32 lowercase hexadecimal characters")],
+        )
+    return job_id
+
+
+def job_not_found(job_id: str) -> errors.ServiceError:
+    """NOT_FOUND for `job_id`."""
+    return errors.not_found(f"job {job_id} not found", "JOB_NOT_FOUND", job_id=job_id)
+
+
+def input_key_for(job_id: str, extension: str) -> StorageKey:
+    """Where a job's uploaded input is stored."""
+    return StorageKey.join("jobs", job_id, "input", f"source{extension}")
+
+
+def attempt_prefix_for(job_id: str, attempt: int) -> StorageKey:
+    """Under which key prefix one attempt writes its outputs."""
+    return StorageKey.join("jobs", job_id, "attempts", str(attempt))
+
+
+@dataclass(frozen=True)
+class JobError:
+    """Why a job failed or was cancelled: a canonical gRPC code name and a message."""
+
+    code: str
+    message: str
+    reason: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A file a job produced."""
+
+    key: StorageKey
+    media_type: str
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job as stored."""
+
+    job_id: str
+    state: JobState
+    pipeline: str
+    parameters: dict[str, Any]
+    attempt: int
+    max_attempts: int
+    input_key: StorageKey
+    file_name: str
+    input_size_bytes: int
+    input_sha256: str
+    request_id: str | None
+    progress_fraction: float
+    progress_stage: str
+    output_key: StorageKey | None
+    artifacts: tuple[Artifact, ...]
+    summary: dict[str, Any] | None
+    error: JobError | None
+    create_time: datetime
+    start_time: datetime | None
+    end_time: datetime | None
+    last_event_sequence: int
+    worker_id: str | None = None
+    lease_token: str | None = None
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One stored event of a job."""
+
+    job_id: str
+    sequence: int
+    create_time: datetime
+    kind: EventKind
+    job_state: JobState
+    attempt: int
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """A lease on one attempt of a job, given to one worker."""
+
+    job_id: str
+    attempt: int
+    lease_token: str
+    input_key: StorageKey
+    pipeline: str
+    parameters: dict[str, Any]
+    output_prefix: StorageKey
+    lease_expire_time: datetime

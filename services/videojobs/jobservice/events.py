@@ -1,0 +1,78 @@
+"""Following a job's events: replay from the database, then live.
+
+The database is the source of truth; `EventHub` only wakes followers in this
+process when a transaction that appended events has committed. Followers
+re-read from the database on every wake-up, and also every
+`fallback_poll_seconds`, which covers events written by another job-service
+replica sharing the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from videojobs.jobservice.domain import JobEvent, check_job_id, job_not_found
+from videojobs.jobservice.store import Database
+
+REPLAY_BATCH = 500
+
+
+class EventHub:
+    """Wakes coroutines waiting for new events of a job (in this process)."""
+
+    def __init__(self) -> None:
+        self._signals: dict[str, asyncio.Event] = {}
+
+    def signal_for(self, job_id: str) -> asyncio.Event:
+        """The event that will be set on the next commit touching `job_id`.
+
+        Take it *before* reading the database, so a commit that lands between
+        the read and the wait is not missed.
+        """
+        signal = self._signals.get(job_id)
+        if signal is None:
+            signal = self._signals[job_id] = asyncio.Event()
+        return signal
+
+    def notify(self, job_ids: set[str]) -> None:
+        """Called after a commit that appended events for `job_ids`."""
+        for job_id in job_ids:
+            signal = self._signals.pop(job_id, None)
+            if signal is not None:
+                signal.set()
+
+
+class EventFeed:
+    """Application service behind StreamResults."""
+
+    def __init__(
+        self, database: Database, hub: EventHub, fallback_poll_seconds: float = 2.0
+    ) -> None:
+        self._database = database
+        self._hub = hub
+        self._fallback_poll_seconds = fallback_poll_seconds
+
+    async def follow(self, job_id: str, after_sequence: int) -> AsyncIterator[JobEvent]:
+        """Events of `job_id` after `after_sequence`, stored then live, ending with
+        the terminal event. Raises NOT_FOUND for an unknown job."""
+        check_job_id(job_id)
+        async with self._database.reading() as repository:
+            if await repository.get_row(job_id) is None:
+                raise job_not_found(job_id)
+        sequence = after_sequence
+        while True:
+            signal = self._hub.signal_for(job_id)
+            async with self._database.reading() as repository:
+                events = await repository.events_after(job_id, sequence, REPLAY_BATCH)
+            for event in events:
+                yield event
+                sequence = event.sequence
+                if event.kind.is_terminal:
+                    return
+            if len(events) == REPLAY_BATCH:
+                continue
+            try:
+                await asyncio.wait_for(signal.wait(), timeout=self._fallback_poll_seconds)
+            except TimeoutError:
+                pass

@@ -1,0 +1,134 @@
+"""Composition root of job-service: builds every part from one settings object."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import grpc
+
+from videojobs.common.grpc_server import (
+    SERVER_OPTIONS,
+    add_health_and_reflection,
+    bind,
+    mark_not_serving,
+    mark_serving,
+)
+from videojobs.jobservice.api.dispatch_servicer import DispatchServicer
+from videojobs.jobservice.api.job_servicer import JobServicer
+from videojobs.jobservice.cancel import CancelService
+from videojobs.jobservice.dispatch import DispatchCoordinator, DispatchSettings
+from videojobs.jobservice.events import EventFeed, EventHub
+from videojobs.jobservice.queries import JobQueries
+from videojobs.jobservice.settings import JobServiceSettings
+from videojobs.jobservice.store import Database
+from videojobs.jobservice.submit import SubmitLimits, SubmitService
+from videojobs.pipelines import builtin_catalogue
+from videojobs.storage import open_blob_store
+from videojobs.storage.local import LocalBlobStore
+from videojobs.v1 import (
+    dispatch_service_pb2,
+    dispatch_service_pb2_grpc,
+    job_service_pb2,
+    job_service_pb2_grpc,
+)
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = [
+    job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
+    dispatch_service_pb2.DESCRIPTOR.services_by_name["DispatchService"].full_name,
+]
+# Temporary files of uploads older than this at start-up belong to a process
+# that died mid-upload.
+STALE_PARTIAL_SECONDS = 3600
+
+
+@dataclass
+class JobServiceApp:
+    """A built, not yet started, job-service."""
+
+    settings: JobServiceSettings
+    server: grpc.aio.Server
+    database: Database
+    coordinator: DispatchCoordinator
+    job_servicer: JobServicer
+    dispatch_servicer: DispatchServicer
+    health: object
+    address: str = ""
+
+    async def start(self) -> str:
+        """Migrates the database, binds, starts serving; returns the bound address."""
+        await self.database.migrate()
+        self.address = bind(self.server, self.settings.listen)
+        await self.server.start()
+        await self.coordinator.start()
+        await mark_serving(self.health, SERVICE_NAMES)
+        log.info("job-service listening on %s", self.address)
+        return self.address
+
+    async def stop(self) -> None:
+        """Graceful stop: no new submits or workers, in-flight calls get the
+        grace period, leases stay in the database for the next start."""
+        self.job_servicer.accepting_submits = False
+        self.dispatch_servicer.shutting_down = True
+        await mark_not_serving(self.health, SERVICE_NAMES)
+        await self.server.stop(self.settings.shutdown_grace)
+        await self.coordinator.stop()
+        await self.database.dispose()
+        log.info("job-service stopped")
+
+
+def build_job_service(settings: JobServiceSettings) -> JobServiceApp:
+    """Wires database, storage, application services and servicers together."""
+    database = Database(settings.database_url)
+    blob_store = open_blob_store(settings.storage_url)
+    if isinstance(blob_store, LocalBlobStore):
+        blob_store.sweep_partial_writes(STALE_PARTIAL_SECONDS)
+    hub = EventHub()
+    database.on_commit = hub.notify
+    coordinator = DispatchCoordinator(
+        database,
+        DispatchSettings(
+            heartbeat_interval=settings.heartbeat_interval,
+            lease_duration=settings.lease_duration,
+        ),
+    )
+    submit = SubmitService(
+        database,
+        blob_store,
+        builtin_catalogue(),
+        SubmitLimits(
+            max_upload_bytes=settings.max_upload_bytes, max_attempts=settings.max_attempts
+        ),
+        on_job_queued=coordinator.job_queued,
+    )
+    job_servicer = JobServicer(
+        submit, JobQueries(database), EventFeed(database, hub), CancelService(database, coordinator)
+    )
+    dispatch_servicer = DispatchServicer(coordinator)
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    job_service_pb2_grpc.add_JobServiceServicer_to_server(job_servicer, server)
+    dispatch_service_pb2_grpc.add_DispatchServiceServicer_to_server(dispatch_servicer, server)
+    health = add_health_and_reflection(server, SERVICE_NAMES)
+    return JobServiceApp(
+        settings=settings,
+        server=server,
+        database=database,
+        coordinator=coordinator,
+        job_servicer=job_servicer,
+        dispatch_servicer=dispatch_servicer,
+        health=health,
+    )
+
+
+async def serve(settings: JobServiceSettings, stop_event: asyncio.Event) -> None:
+    """Runs job-service until `stop_event` is set."""
+    app = build_job_service(settings)
+    address = await app.start()
+    print(f"videojobs-server: listening on {address}", flush=True)
+    try:
+        await stop_event.wait()
+    finally:
+        await app.stop()

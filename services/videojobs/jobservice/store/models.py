@@ -1,0 +1,123 @@
+"""Tables of job-service. Alembic migrations in `migrations/` create them;
+`tests/unit/test_migrations.py` proves the two agree."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UtcDateTime(TypeDecorator):
+    """Stores UTC instants; always returns timezone-aware UTC datetimes.
+
+    SQLite has no time zones, so values are stored as naive UTC everywhere.
+    """
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base with stable constraint names (for migrations)."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class JobRow(Base):
+    """One job. `position` orders jobs by acceptance (dispatch and listing)."""
+
+    __tablename__ = "jobs"
+
+    position: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(32), unique=True)
+    request_id: Mapped[str | None] = mapped_column(String(128), unique=True)
+    request_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    pipeline: Mapped[str] = mapped_column(String(64))
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16))
+    attempt: Mapped[int] = mapped_column(Integer)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    file_name: Mapped[str] = mapped_column(String(255))
+    input_key: Mapped[str] = mapped_column(String(1024))
+    input_size_bytes: Mapped[int] = mapped_column(BigInteger)
+    input_sha256: Mapped[str] = mapped_column(String(64))
+    output_key: Mapped[str | None] = mapped_column(String(1024))
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    progress_fraction: Mapped[float] = mapped_column(Float, default=0.0)
+    progress_stage: Mapped[str] = mapped_column(String(128), default="")
+    error_code: Mapped[str | None] = mapped_column(String(32))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    error_reason: Mapped[str | None] = mapped_column(String(64))
+    error_metadata: Mapped[dict[str, str] | None] = mapped_column(JSON)
+    worker_id: Mapped[str | None] = mapped_column(String(128))
+    lease_token: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    last_sequence: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (
+        Index("ix_jobs_state_pipeline_position", "state", "pipeline", "position"),
+        Index("ix_jobs_state_lease_expires_at", "state", "lease_expires_at"),
+    )
+
+
+class ArtifactRow(Base):
+    """A file the successful attempt of a job produced."""
+
+    __tablename__ = "job_artifacts"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.job_id"), primary_key=True)
+    ordinal: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(1024))
+    media_type: Mapped[str] = mapped_column(String(128))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+
+
+class EventRow(Base):
+    """One event of a job; (job_id, sequence) without gaps from 1."""
+
+    __tablename__ = "job_events"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.job_id"), primary_key=True)
+    sequence: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    kind: Mapped[str] = mapped_column(String(32))
+    job_state: Mapped[str] = mapped_column(String(16))
+    attempt: Mapped[int] = mapped_column(Integer)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)

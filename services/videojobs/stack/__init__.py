@@ -1,0 +1,1 @@
+"""Runs the service pair locally for `make run` and `make demo`."""

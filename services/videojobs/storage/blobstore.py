@@ -1,0 +1,121 @@
+"""The BlobStore interface: bytes by relative key.
+
+The interface is synchronous on purpose: pipelines run in worker child
+processes with plain blocking I/O (PyAV reads file objects), and async callers
+in the servers run each call in a thread (`asyncio.to_thread`), so the event
+loop never blocks on storage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+from videojobs.storage.keys import StorageKey
+
+
+class BlobStoreError(Exception):
+    """A storage operation failed. The message names the key, never a host path."""
+
+
+class BlobNotFound(BlobStoreError):
+    """No object is stored under the key."""
+
+    def __init__(self, key: StorageKey) -> None:
+        super().__init__(f"no object stored under key {key.value!r}")
+        self.key = key
+
+
+class BlobWriteAborted(BlobStoreError):
+    """A write was abandoned before commit; nothing was published."""
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    """What a store knows about one object."""
+
+    key: StorageKey
+    size_bytes: int
+    sha256: str | None = None
+
+
+class BlobWriter(Protocol):
+    """An in-progress atomic write. Nothing is visible under the key until `commit`.
+
+    Use as a context manager: leaving the block without `commit` (an error, a
+    broken-off upload) aborts and removes every trace of the write.
+    """
+
+    key: StorageKey
+    size_bytes: int
+
+    def write(self, data: bytes) -> None:
+        """Appends bytes."""
+
+    def sha256_hex(self) -> str:
+        """Lowercase hex SHA-256 of everything written so far."""
+
+    def read_back(self) -> BinaryIO:
+        """Opens what was written so far for reading, before it is published
+        (to check an upload before anyone can see it)."""
+
+    def commit(self) -> BlobInfo:
+        """Publishes the object atomically (replacing any object under the key)."""
+
+    def abort(self) -> None:
+        """Throws the written bytes away. Safe to call more than once."""
+
+    def __enter__(self) -> BlobWriter: ...
+
+    def __exit__(self, *exc_info: object) -> None: ...
+
+
+class BlobStore(Protocol):
+    """Stores bytes under relative keys. Implementations: `LocalBlobStore`."""
+
+    def open_writer(self, key: StorageKey) -> BlobWriter:
+        """Starts an atomic write of the object under `key`."""
+
+    def open_read(self, key: StorageKey) -> BinaryIO:
+        """Opens the object for reading (seekable). Raises BlobNotFound."""
+
+    def stat(self, key: StorageKey) -> BlobInfo:
+        """Size of the object. Raises BlobNotFound."""
+
+    def exists(self, key: StorageKey) -> bool:
+        """Whether an object is stored under `key`."""
+
+    def delete(self, key: StorageKey) -> None:
+        """Deletes the object; a missing object is not an error."""
+
+    def delete_prefix(self, prefix: StorageKey) -> int:
+        """Deletes every object below `prefix`; returns how many."""
+
+    def list(self, prefix: StorageKey | None = None) -> Iterator[BlobInfo]:
+        """Objects below `prefix` (all objects when None), in key order."""
+
+
+class HashingCounter:
+    """Keeps the running size and SHA-256 of a stream of bytes."""
+
+    def __init__(self) -> None:
+        self._sha256 = hashlib.sha256()
+        self.size_bytes = 0
+
+    def update(self, data: bytes) -> None:
+        """Accounts for `data`."""
+        self._sha256.update(data)
+        self.size_bytes += len(data)
+
+    def hexdigest(self) -> str:
+        """Lowercase hex SHA-256 so far."""
+        return self._sha256.hexdigest()
+
+
+def put_bytes(store: BlobStore, key: StorageKey, data: bytes) -> BlobInfo:
+    """Writes `data` under `key` atomically."""
+    with store.open_writer(key) as writer:
+        writer.write(data)
+        return writer.commit()

@@ -1,0 +1,89 @@
+"""`videojobs-worker`: one worker process. SIGTERM, SIGINT or DrainWorker drain
+it (finish or hand back jobs within the grace period) and it exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+
+from videojobs.common.config import setup_logging
+from videojobs.common.grpc_server import (
+    SERVER_OPTIONS,
+    add_health_and_reflection,
+    bind,
+    mark_serving,
+)
+from videojobs.pipelines import builtin_catalogue
+from videojobs.v1 import worker_service_pb2, worker_service_pb2_grpc
+from videojobs.worker.agent import WorkerAgent
+from videojobs.worker.servicer import WorkerServicer
+from videojobs.worker.settings import WorkerSettings, parse_settings
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = [worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name]
+
+
+def resolve_pipelines(settings: WorkerSettings) -> list[str]:
+    """The pipelines this worker announces: the configured ones (each must be
+    installed) or every installed pipeline."""
+    catalogue = builtin_catalogue()
+    if not settings.pipelines:
+        return catalogue.names
+    unknown = sorted(set(settings.pipelines) - set(catalogue.names))
+    if unknown:
+        raise SystemExit(
+            f"unknown pipeline(s) {', '.join(unknown)}; installed: {', '.join(catalogue.names)}"
+        )
+    return list(settings.pipelines)
+
+
+async def serve(settings: WorkerSettings, stop_requested: asyncio.Event) -> None:
+    """Runs the worker until drained."""
+    agent = WorkerAgent(settings, resolve_pipelines(settings))
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(
+        WorkerServicer(agent, stop_requested), server
+    )
+    health = add_health_and_reflection(server, SERVICE_NAMES)
+    address = bind(server, settings.listen)
+    await server.start()
+    await mark_serving(health, SERVICE_NAMES)
+    print(f"videojobs-worker: listening on {address}", flush=True)
+    log.info(
+        "worker %s serving on %s, connecting to %s (pipelines %s, concurrency %d)",
+        settings.worker_id,
+        address,
+        settings.address,
+        ",".join(agent.pipelines),
+        settings.concurrency,
+    )
+    session = asyncio.create_task(agent.run(), name="dispatch-session")
+    await stop_requested.wait()
+    await agent.drain(settings.drain_grace)
+    await session
+    await server.stop(1.0)
+    log.info("worker %s stopped", settings.worker_id)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `videojobs-worker` command."""
+    settings = parse_settings(argv)
+    setup_logging(settings.log_level)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await serve(settings, stop)
+
+    asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

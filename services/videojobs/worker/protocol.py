@@ -1,0 +1,34 @@
+"""The line protocol between a worker and its pipeline child process.
+
+The worker writes one JSON line (the task) to the child's stdin and keeps
+stdin open; closing it tells the child to stop (and a dying worker closes it
+too, so a child never outlives its worker). The child writes JSON lines to its
+stdout, each an object with a `type`:
+
+- `progress`: fraction, stage
+- `partial`: pipeline, data
+- `completed`: output_key, artifacts [{key, media_type, size_bytes}], summary
+- `failed`: code, message, reason, retryable
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ChildTask:
+    """What a child process is asked to do."""
+
+    storage_url: str
+    job_id: str
+    attempt: int
+    input_key: str
+    pipeline: str
+    parameters: dict[str, Any]
+    output_prefix: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)

@@ -1,0 +1,129 @@
+"""Runs one assignment in a pipeline child process and relays what it says.
+
+The event loop only awaits pipes, so heartbeats and the job-service stream
+keep flowing however heavy the decoding is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from videojobs.worker.protocol import ChildTask
+
+log = logging.getLogger(__name__)
+
+# How long a child gets to exit after its stdin closes before it is killed.
+STOP_GRACE_SECONDS = 1.0
+# Longest protocol line accepted from a child (a partial result).
+MAX_LINE_BYTES = 16 * 1024 * 1024
+
+
+@dataclass
+class RunningJob:
+    """An assignment in the worker's hands."""
+
+    job_id: str
+    attempt: int
+    lease_token: str
+    pipeline: str
+    start_time: datetime = field(default_factory=lambda: datetime.now(UTC))
+    progress_fraction: float = 0.0
+    stop_reason: str | None = None
+    process: asyncio.subprocess.Process | None = None
+
+    async def stop(self, reason: str) -> None:
+        """Stops the child: close its stdin, then kill it after a grace period."""
+        self.stop_reason = reason
+        process = self.process
+        if process is None or process.returncode is not None:
+            return
+        if process.stdin is not None and not process.stdin.is_closing():
+            process.stdin.close()
+        try:
+            await asyncio.wait_for(process.wait(), timeout=STOP_GRACE_SECONDS)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+
+
+Report = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+async def run_child(job: RunningJob, task: ChildTask, report: Report) -> dict[str, Any]:
+    """Runs `task` in a child process, passing progress and partial lines to
+    `report` as they come; returns the terminal line (completed or failed).
+
+    A child that dies without a terminal line becomes a retryable INTERNAL
+    failure; a child stopped on purpose becomes `{"type": "stopped"}`.
+    """
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "videojobs.worker.child",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        limit=MAX_LINE_BYTES,
+    )
+    job.process = process
+    terminal: dict[str, Any] | None = None
+    try:
+        assert process.stdin is not None and process.stdout is not None
+        process.stdin.write((json.dumps(task.to_dict()) + "\n").encode())
+        await process.stdin.drain()
+        async for raw in process.stdout:
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                log.warning("job %s: child wrote a line that is not JSON", job.job_id)
+                continue
+            kind = line.get("type")
+            if kind in ("completed", "failed"):
+                terminal = line
+            elif kind == "progress":
+                job.progress_fraction = float(line.get("fraction", 0.0))
+                await report(line)
+            elif kind == "partial":
+                await report(line)
+        await process.wait()
+    except BaseException:
+        # The worker is stopping this job (or itself): never leave a child behind.
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await asyncio.shield(process.wait())
+        raise
+    finally:
+        if process.stdin is not None and not process.stdin.is_closing():
+            process.stdin.close()
+    if job.stop_reason is not None:
+        return {"type": "stopped", "reason": job.stop_reason}
+    if terminal is not None:
+        return terminal
+    return {
+        "type": "failed",
+        "code": "INTERNAL",
+        "message": f"the {task.pipeline} pipeline process ended unexpectedly "
+        f"({_describe_exit(process.returncode)})",
+        "reason": "PIPELINE_PROCESS_DIED",
+        "retryable": True,
+    }
+
+
+def _describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "still running"
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
