@@ -143,11 +143,11 @@ class SubmitService:
             self._check_received(header, size, sha256)
             await self._check_container(writer)
             await asyncio.to_thread(writer.commit)
-            published = True
             job, created = await self._create_job(
                 header, parameters, job_id, input_key, size, sha256
             )
-            # For a repeated request the first upload's job stands and this copy goes.
+            # Kept only when a job now refers to it: for a repeated request the
+            # first upload's job stands and this copy goes.
             published = created
             return job
         finally:
