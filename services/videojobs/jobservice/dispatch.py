@@ -42,7 +42,7 @@ from videojobs.storage import StorageKey
 
 log = logging.getLogger(__name__)
 
-WORKER_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+WORKER_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 MAX_CONCURRENT_JOBS = 64
 
 
@@ -106,7 +106,7 @@ class WorkerSession:
 def validate_hello(hello: WorkerHello) -> None:
     """INVALID_ARGUMENT (field violations under `hello.`) for a malformed hello."""
     violations = []
-    if not WORKER_ID_PATTERN.match(hello.worker_id):
+    if not WORKER_ID_PATTERN.fullmatch(hello.worker_id):
         violations.append(("hello.worker_id", "1 to 128 characters from [A-Za-z0-9._:-]"))
     if not hello.pipelines:
         violations.append(("hello.pipelines", "name at least one pipeline"))

@@ -13,7 +13,7 @@ from typing import Any
 from videojobs.common import errors
 from videojobs.storage import StorageKey
 
-JOB_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+JOB_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 
 
 class JobState(enum.StrEnum):
@@ -89,7 +89,7 @@ def new_lease_token() -> str:
 
 def check_job_id(job_id: str, field_name: str = "job_id") -> str:
     """Returns `job_id` or raises INVALID_ARGUMENT naming `field_name`."""
-    if not JOB_ID_PATTERN.match(job_id or ""):
+    if not JOB_ID_PATTERN.fullmatch(job_id or ""):
         raise errors.invalid_argument(
             "job_id is malformed",
             [(field_name, "must be 32 lowercase hexadecimal characters")],

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from videojobs.jobservice.domain import JobEvent, check_job_id, job_not_found
+from videojobs.jobservice.domain import JobEvent, JobState, check_job_id, job_not_found
 from videojobs.jobservice.store import Database
 
 REPLAY_BATCH = 500
@@ -57,13 +57,14 @@ class EventFeed:
         """Events of `job_id` after `after_sequence`, stored then live, ending with
         the terminal event. Raises NOT_FOUND for an unknown job."""
         check_job_id(job_id)
-        async with self._database.reading() as repository:
-            if await repository.get_row(job_id) is None:
-                raise job_not_found(job_id)
         sequence = after_sequence
         while True:
             signal = self._hub.signal_for(job_id)
             async with self._database.reading() as repository:
+                row = await repository.get_row(job_id)
+                if row is None:
+                    raise job_not_found(job_id)
+                ended = JobState(row.state).is_terminal
                 events = await repository.events_after(job_id, sequence, REPLAY_BATCH)
             for event in events:
                 yield event
@@ -72,6 +73,9 @@ class EventFeed:
                     return
             if len(events) == REPLAY_BATCH:
                 continue
+            if ended:
+                # The client resumed after the terminal event: nothing is left.
+                return
             try:
                 await asyncio.wait_for(signal.wait(), timeout=self._fallback_poll_seconds)
             except TimeoutError:

@@ -40,9 +40,9 @@ log = logging.getLogger(__name__)
 MAX_CHUNK_BYTES = 4 * 1024 * 1024
 MAX_FILE_NAME_BYTES = 255
 MAX_REQUEST_ID_LENGTH = 128
-_REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_EXTENSION = re.compile(r"^\.[a-z0-9]{1,8}$")
+_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_EXTENSION = re.compile(r"\.[a-z0-9]{1,8}")
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ class SubmitService:
             violations.append(
                 ("header.file_name", f"at most {MAX_FILE_NAME_BYTES} bytes, no control characters")
             )
-        if header.request_id and not _REQUEST_ID.match(header.request_id):
+        if header.request_id and not _REQUEST_ID.fullmatch(header.request_id):
             violations.append(
                 ("header.request_id", "at most 128 printable ASCII characters, no spaces")
             )
@@ -102,7 +102,7 @@ class SubmitService:
             violations.append(("header.expected_size_bytes", "must not be negative"))
         elif header.expected_size_bytes > self._limits.max_upload_bytes:
             raise self._too_large()
-        if header.expected_sha256 and not _SHA256.match(header.expected_sha256):
+        if header.expected_sha256 and not _SHA256.fullmatch(header.expected_sha256):
             violations.append(("header.expected_sha256", "64 lowercase hexadecimal characters"))
         parameters: dict[str, Any] = {}
         if not header.pipeline:
@@ -266,7 +266,7 @@ class SubmitService:
 def _extension_of(file_name: str) -> str:
     dot = file_name.rfind(".")
     extension = file_name[dot:].lower() if dot > 0 else ""
-    return extension if _EXTENSION.match(extension) else ""
+    return extension if _EXTENSION.fullmatch(extension) else ""
 
 
 def _fingerprint(pipeline: str, parameters: dict[str, Any], size: int, sha256: str) -> str:

@@ -20,6 +20,10 @@ _SCHEME_OR_DRIVE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
 # Percent-encoding would let a key change meaning when some layer decodes it
 # (`%2e%2e` becomes `..` behind an HTTP gateway or in an S3 console link).
 _PERCENT_ENCODED = re.compile(r"%[0-9A-Fa-f]{2}")
+# ASCII characters with meaning in a key or a path; a non-ASCII character that
+# NFKC folds into one of them (U+FF0F FULLWIDTH SOLIDUS, U+FF0E FULLWIDTH FULL
+# STOP, U+FF1A FULLWIDTH COLON...) is a look-alike and refused.
+_MEANINGFUL_ASCII = frozenset("/\\.:%")
 # Slash and backslash look-alikes that NFKC folding leaves alone.
 _SEPARATOR_LOOKALIKES = frozenset("\u2215\u2044\u29f8\u2571\u29f5\u2216\u29f9\u2572")
 
@@ -51,8 +55,10 @@ def _check(value: str) -> None:
         category = unicodedata.category(char)
         if category in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"):
             raise InvalidStorageKey("must not contain control or invisible characters")
-        if char in _SEPARATOR_LOOKALIKES:
-            raise InvalidStorageKey("must not contain look-alikes of '/' or '\\'")
+        if char in _SEPARATOR_LOOKALIKES or (
+            not char.isascii() and _MEANINGFUL_ASCII & set(unicodedata.normalize("NFKC", char))
+        ):
+            raise InvalidStorageKey("must not contain look-alikes of '/', '\\', '.', ':' or '%'")
     # Structural rules are checked on the key as given and on its NFKC folding,
     # which maps look-alikes (U+2215 DIVISION SLASH, U+FF0F FULLWIDTH SOLIDUS,
     # U+FF0E FULLWIDTH FULL STOP, U+FF1A FULLWIDTH COLON...) to the ASCII they

@@ -58,6 +58,8 @@ class LocalBlobStore:
         real = Path(os.path.realpath(candidate))
         if real != self._root and self._root not in real.parents:
             raise KeyOutsideRoot("resolves outside the storage root")
+        if real == self._partial_dir or self._partial_dir in real.parents:
+            raise KeyOutsideRoot("resolves into the store's temporary area")
         return candidate
 
     def contains(self, key: StorageKey) -> bool:

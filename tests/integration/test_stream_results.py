@@ -1,0 +1,139 @@
+"""StreamResults: replay then live, resumable from a sequence, ending at the
+terminal event; driven by a scripted worker over the real dispatch stream."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from support.grpc_status import rich_error
+from support.scripted_worker import ScriptedWorker
+from support.uploads import submit
+from videojobs.v1 import job_pb2
+from videojobs.v1 import job_service_pb2 as js
+
+
+async def _collect(stub, job_id: str, after: int = 0, until_sequence: int | None = None):
+    events = []
+    call = stub.StreamResults(js.StreamResultsRequest(job_id=job_id, after_sequence=after))
+    async for response in call:
+        events.append(response.event)
+        if until_sequence is not None and response.event.sequence >= until_sequence:
+            call.cancel()
+            break
+    return events
+
+
+async def test_live_events_then_resume_exactly_where_it_broke(job_service, sample_mp4):
+    job = await submit(job_service.stub, sample_mp4)
+    async with ScriptedWorker(job_service.address) as worker:
+        assignment = await worker.next("assignment")
+        assert assignment.job_id == job.job_id
+        assert assignment.attempt == 1
+        assert assignment.input_key == job.input_key
+        assert assignment.output_prefix == f"jobs/{job.job_id}/attempts/1"
+
+        received: list = []
+        follower_call = job_service.stub.StreamResults(js.StreamResultsRequest(job_id=job.job_id))
+        got_partial = asyncio.Event()
+
+        async def follow():
+            async for response in follower_call:
+                received.append(response.event)
+                if response.event.WhichOneof("payload") == "partial_result":
+                    got_partial.set()
+
+        follower = asyncio.create_task(follow())
+        worker.progress(assignment, 0.25, "decoding")
+        worker.partial(assignment, {"frame": 1, "text": "HELLO"})
+        # The partial result reaches the client while the job is still running.
+        await asyncio.wait_for(got_partial.wait(), 10)
+        status = (await job_service.stub.GetStatus(js.GetStatusRequest(job_id=job.job_id))).job
+        assert status.state == job_pb2.JOB_STATE_RUNNING
+        assert status.progress.fraction == pytest.approx(0.25)
+        assert status.progress.stage == "decoding"
+
+        worker.progress(assignment, 0.75, "decoding")
+        worker.complete(assignment, summary={"frames": 50})
+        await asyncio.wait_for(follower, 10)
+
+    kinds = [e.WhichOneof("payload") for e in received]
+    assert kinds == [
+        "state_changed", "state_changed", "progress", "partial_result", "progress", "completed"
+    ]
+    assert [e.sequence for e in received] == list(range(1, len(received) + 1))
+    assert received[0].state_changed.to_state == job_pb2.JOB_STATE_QUEUED
+    assert received[1].state_changed.to_state == job_pb2.JOB_STATE_RUNNING
+    assert received[3].partial_result.data["text"] == "HELLO"
+    assert received[-1].job_state == job_pb2.JOB_STATE_SUCCEEDED
+    assert received[-1].completed.output_key == f"jobs/{job.job_id}/attempts/1/results.json"
+    assert received[-1].completed.summary["frames"] == 50
+
+    # Reconnecting after sequence 3 yields exactly the events after it.
+    resumed = await _collect(job_service.stub, job.job_id, after=3)
+    assert [e.sequence for e in resumed] == [4, 5, 6]
+    assert resumed == received[3:]
+    # After the terminal event there is nothing more, and the stream ends at once.
+    assert await _collect(job_service.stub, job.job_id, after=6) == []
+
+    final = (await job_service.stub.GetStatus(js.GetStatusRequest(job_id=job.job_id))).job
+    assert final.state == job_pb2.JOB_STATE_SUCCEEDED
+    assert final.progress.fraction == 1.0
+    assert final.output_key == received[-1].completed.output_key
+    assert final.last_event_sequence == 6
+    assert final.summary["frames"] == 50
+
+
+async def test_progress_never_goes_backwards(job_service, sample_mp4):
+    job = await submit(job_service.stub, sample_mp4)
+    async with ScriptedWorker(job_service.address) as worker:
+        assignment = await worker.next("assignment")
+        worker.progress(assignment, 0.5)
+        worker.progress(assignment, 0.2)
+        worker.complete(assignment)
+        events = await _collect(job_service.stub, job.job_id)
+    fractions = [e.progress.fraction for e in events if e.WhichOneof("payload") == "progress"]
+    assert fractions == [0.5, 0.5] or fractions == [0.5]
+    assert fractions == sorted(fractions)
+
+
+async def test_events_survive_a_server_restart(start_job_service, tmp_path, sample_mp4):
+    first = await start_job_service(data_dir=tmp_path / "shared")
+    job = await submit(first.stub, sample_mp4)
+    async with ScriptedWorker(first.address) as worker:
+        assignment = await worker.next("assignment")
+        worker.partial(assignment, {"n": 1})
+        worker.complete(assignment)
+        await _collect(first.stub, job.job_id)
+    await first.app.stop()
+
+    second = await start_job_service(data_dir=tmp_path / "shared")
+    events = await _collect(second.stub, job.job_id)
+    assert [e.WhichOneof("payload") for e in events] == [
+        "state_changed", "state_changed", "partial_result", "completed"
+    ]
+    assert events[2].partial_result.data["n"] == 1
+
+
+async def test_stream_errors(job_service):
+    for job_id, code, field in [
+        ("f" * 32, grpc.StatusCode.NOT_FOUND, None),
+        ("short", grpc.StatusCode.INVALID_ARGUMENT, "job_id"),
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await _collect(job_service.stub, job_id)
+        error = rich_error(caught.value)
+        assert error.code == code
+        if field:
+            assert field in error.violations
+
+
+async def test_negative_after_sequence_is_invalid(job_service, sample_mp4):
+    job = await submit(job_service.stub, sample_mp4)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _collect(job_service.stub, job.job_id, after=-1)
+    error = rich_error(caught.value)
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "after_sequence" in error.violations
