@@ -1,0 +1,1 @@
+"""The `videojobs` command-line client (entry point: `videojobs.cli.main:main`)."""

@@ -1,0 +1,210 @@
+"""Command-line syntax of `videojobs`: the argparse parser and the converters
+for option values (`--param k=v`, `--state queued`, numbers)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from videojobs.client import DEFAULT_ADDRESS, parse_job_state
+
+#: Environment variable naming job-service's address when --address is not given.
+ADDRESS_ENV_VAR = "VIDEOJOBS_ADDRESS"
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """Parses one `--param KEY=VALUE`. The value is taken as JSON when it is
+    valid JSON (`3` a number, `true` a bool, `"3"` the string 3, `[1,2]` a
+    list), otherwise as the literal string; NaN and Infinity stay strings, as a
+    Struct cannot carry them.
+
+    Raises:
+        argparse.ArgumentTypeError: no `=`, or an empty key.
+    """
+    key, separator, raw_value = text.partition("=")
+    key = key.strip()
+    if not separator or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, _json_or_string(raw_value)
+
+
+def _json_or_string(raw_value: str) -> Any:
+    def refuse_constant(name: str) -> Any:
+        raise ValueError(name)
+
+    try:
+        value = json.loads(raw_value, parse_constant=refuse_constant)
+    except ValueError:
+        return raw_value
+    # Big exponents (1e999) parse as infinite floats without parse_constant.
+    if isinstance(value, float) and not math.isfinite(value):
+        return raw_value
+    return value
+
+
+def parse_state_arg(text: str) -> int:
+    """argparse type for `--state`: `queued`, `QUEUED` or `JOB_STATE_QUEUED`."""
+    try:
+        return parse_job_state(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type for counts and sequence numbers: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type for `--timeout`: a number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
+    return value
+
+
+class _CollectParams(argparse.Action):
+    """Gathers repeated `--param KEY=VALUE` into one dict; a repeated key is a
+    usage error rather than a silent override."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        key, value = values
+        params = dict(getattr(namespace, self.dest) or {})
+        if key in params:
+            parser.error(f"parameter {key!r} given more than once")
+        params[key] = value
+        setattr(namespace, self.dest, params)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `videojobs` parser. Global options go before or after the command."""
+    default_address = os.environ.get(ADDRESS_ENV_VAR) or DEFAULT_ADDRESS
+    parser = argparse.ArgumentParser(
+        prog="videojobs",
+        description="Submit videos to job-service and follow, list and cancel jobs.",
+    )
+    _add_global_options(parser, address_default=default_address, timeout_default=None)
+    # The same options on every command, defaulting to "not given" so they only
+    # override the top-level values when actually used after the command.
+    global_options = argparse.ArgumentParser(add_help=False)
+    _add_global_options(
+        global_options, address_default=argparse.SUPPRESS, timeout_default=argparse.SUPPRESS
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    submit = commands.add_parser(
+        "submit", parents=[global_options], help="upload a video and create a job"
+    )
+    submit.add_argument("file", metavar="FILE", help="the video to upload")
+    submit.add_argument("--pipeline", default="probe", help="pipeline to run (default: probe)")
+    submit.add_argument(
+        "--param",
+        dest="params",
+        metavar="KEY=VALUE",
+        type=parse_param,
+        action=_CollectParams,
+        default={},
+        help="pipeline parameter; VALUE is JSON if it parses, else a string (repeatable)",
+    )
+    submit.add_argument("--request-id", help="idempotency key: a repeat returns the same job")
+    submit.add_argument(
+        "--wait",
+        action="store_true",
+        help="follow the job to its end; exit 1 unless it succeeds",
+    )
+    _add_json_option(submit)
+
+    status = commands.add_parser("status", parents=[global_options], help="show a job")
+    status.add_argument("job_id", metavar="JOB_ID")
+    _add_json_option(status)
+
+    results = commands.add_parser(
+        "results", parents=[global_options], help="print a job's events, one per line"
+    )
+    results.add_argument("job_id", metavar="JOB_ID")
+    results.add_argument(
+        "--follow", action="store_true", help="keep printing live events until the job ends"
+    )
+    results.add_argument(
+        "--after",
+        metavar="N",
+        type=non_negative_int,
+        default=0,
+        help="only events with a sequence number greater than N",
+    )
+    _add_json_option(results, help_text="one JSON object per line")
+
+    list_ = commands.add_parser("list", parents=[global_options], help="list jobs, newest first")
+    list_.add_argument(
+        "--state",
+        dest="states",
+        metavar="STATE",
+        type=parse_state_arg,
+        action="append",
+        default=[],
+        help="only jobs in this state, e.g. queued or JOB_STATE_RUNNING (repeatable)",
+    )
+    list_.add_argument("--pipeline", default="", help="only jobs of this pipeline")
+    list_.add_argument(
+        "--page-size",
+        metavar="N",
+        type=non_negative_int,
+        default=0,
+        help="jobs per page (server default 50, at most 1000)",
+    )
+    list_.add_argument("--page-token", default="", help="continue from an earlier page")
+    list_.add_argument("--all", action="store_true", help="fetch every page")
+    _add_json_option(list_)
+
+    cancel = commands.add_parser("cancel", parents=[global_options], help="cancel a job")
+    cancel.add_argument("job_id", metavar="JOB_ID")
+    cancel.add_argument("--reason", default="", help="recorded in the cancellation event")
+    _add_json_option(cancel)
+    return parser
+
+
+def _add_global_options(
+    parser: argparse.ArgumentParser, *, address_default: Any, timeout_default: Any
+) -> None:
+    parser.add_argument(
+        "--address",
+        default=address_default,
+        help=f"job-service HOST:PORT (default: ${ADDRESS_ENV_VAR} or {DEFAULT_ADDRESS})",
+    )
+    parser.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=positive_seconds,
+        default=timeout_default,
+        help="deadline for status, list and cancel calls (default: none)",
+    )
+
+
+def _add_json_option(
+    parser: argparse.ArgumentParser, help_text: str = "print the proto JSON mapping"
+) -> None:
+    parser.add_argument("--json", action="store_true", help=help_text)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parses the command line (exits via SystemExit on usage errors and --help)."""
+    return build_parser().parse_args(argv)

@@ -1,0 +1,209 @@
+"""`videojobs`: the command-line client of job-service.
+
+Exit codes: 0 success; 1 a failed call, or a job that `submit --wait` saw
+fail or get cancelled; 2 bad usage or an unreadable input file; 130 Ctrl-C.
+Results go to stdout, progress and errors to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from contextlib import closing
+
+from rich.console import Console
+from rich.table import Table
+
+from videojobs.cli.args import build_parser
+from videojobs.cli.progress import progress_display
+from videojobs.cli.render import (
+    format_error,
+    format_event_line,
+    format_job_line,
+    format_job_summary,
+    jobs_table,
+    to_json,
+)
+from videojobs.client import JobClient, VideoJobsError
+from videojobs.v1 import job_pb2, job_service_pb2
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+#: 128 + SIGPIPE, what a shell reports for a pipeline reader that went away.
+EXIT_BROKEN_PIPE = 141
+
+
+class UsageError(Exception):
+    """The command cannot run as given (for example the input file is unreadable)."""
+
+
+Command = Callable[[JobClient, argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs `videojobs` with `argv` (default: the process arguments) and
+    returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_request:  # argparse's way to report usage errors and --help
+        return _exit_code(exit_request)
+    command = _COMMANDS[args.command]
+    try:
+        with JobClient(args.address, timeout=args.timeout) as client:
+            return command(client, args)
+    except VideoJobsError as error:
+        _print_error_lines(format_error(error))
+        return EXIT_FAILED
+    except UsageError as error:
+        _print_error_lines([f"{parser.prog} {args.command}: error: {error}"])
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        _print_error_lines(["interrupted"])
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader of stdout (say `| head`) is gone; nothing left to say.
+        # Point stdout at devnull so the interpreter's final flush stays quiet.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def submit_command(client: JobClient, args: argparse.Namespace) -> int:
+    """`submit FILE`: upload, print the job; with --wait follow it to its end."""
+    display = progress_display(
+        interactive=_stdout_is_terminal(), file_label=os.path.basename(args.file)
+    )
+    with display:
+        try:
+            job = client.submit(
+                args.file,
+                pipeline=args.pipeline,
+                parameters=args.params,
+                request_id=args.request_id,
+                on_upload_progress=display.upload,
+            )
+        except OSError as error:
+            raise UsageError(f"cannot read {args.file}: {error.strerror or error}") from error
+        if args.wait:
+            display.submitted(job)
+            job = client.wait(job.job_id, on_event=display.job_event)
+    if args.json:
+        print(to_json(job))
+    elif args.wait:
+        _print_lines(format_job_summary(job))
+    else:
+        print(format_job_line(job))
+    if not args.wait:
+        return EXIT_OK
+    return EXIT_OK if job.state == job_pb2.JOB_STATE_SUCCEEDED else EXIT_FAILED
+
+
+def status_command(client: JobClient, args: argparse.Namespace) -> int:
+    """`status JOB_ID`: the job's summary or JSON."""
+    job = client.get_status(args.job_id)
+    if args.json:
+        print(to_json(job))
+    else:
+        _print_lines(format_job_summary(job))
+    return EXIT_OK
+
+
+def results_command(client: JobClient, args: argparse.Namespace) -> int:
+    """`results JOB_ID`: the job's events, one per line. Without --follow only
+    the events stored when the command started; with it, live to the end."""
+    last_sequence: int | None = None
+    if not args.follow:
+        last_sequence = client.get_status(args.job_id).last_event_sequence
+        if last_sequence <= args.after:
+            return EXIT_OK
+    with closing(client.follow(args.job_id, after_sequence=args.after)) as events:
+        for event in events:
+            print(to_json(event, one_line=True) if args.json else format_event_line(event))
+            # Flushed per event so a pipe sees live events as they come.
+            sys.stdout.flush()
+            if last_sequence is not None and event.sequence >= last_sequence:
+                break
+    return EXIT_OK
+
+
+def list_command(client: JobClient, args: argparse.Namespace) -> int:
+    """`list`: a table (or JSON) of jobs, newest first; --all walks every page."""
+    query = {"states": args.states, "pipeline": args.pipeline, "page_size": args.page_size}
+    if args.all:
+        jobs, next_page_token = list(client.iter_jobs(**query)), ""
+    else:
+        jobs, next_page_token = client.list_jobs(**query, page_token=args.page_token)
+    if args.json:
+        print(to_json(job_service_pb2.ListJobsResponse(jobs=jobs, next_page_token=next_page_token)))
+        return EXIT_OK
+    if not jobs:
+        _print_error_lines(["no jobs"])
+    else:
+        _print_table(jobs_table(jobs))
+    if next_page_token:
+        _print_error_lines([f"more jobs: add --page-token {next_page_token} (or use --all)"])
+    return EXIT_OK
+
+
+def cancel_command(client: JobClient, args: argparse.Namespace) -> int:
+    """`cancel JOB_ID`: cancel and print the job."""
+    job = client.cancel(args.job_id, reason=args.reason)
+    print(to_json(job) if args.json else format_job_line(job))
+    return EXIT_OK
+
+
+_COMMANDS: dict[str, Command] = {
+    "submit": submit_command,
+    "status": status_command,
+    "results": results_command,
+    "list": list_command,
+    "cancel": cancel_command,
+}
+
+
+def _stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()
+
+
+def _print_table(table: Table) -> None:
+    # Never squeeze columns away: a table wider than the terminal is printed at
+    # its natural width (the terminal wraps it), and off a terminal each job
+    # stays on one line for grep and friends.
+    natural_width = Console(width=10_000).measure(table).maximum
+    if _stdout_is_terminal():
+        console = Console()
+        console.width = max(console.width, natural_width)
+    else:
+        console = Console(width=natural_width)
+    # Rendered first and written by us, so a closed pipe raises BrokenPipeError
+    # like every other output (rich would exit 1 on its own).
+    with console.capture() as rendered:
+        console.print(table)
+    sys.stdout.write(rendered.get())
+
+
+def _print_lines(lines: Sequence[str]) -> None:
+    for line in lines:
+        print(line)
+
+
+def _print_error_lines(lines: Sequence[str]) -> None:
+    for line in lines:
+        print(line, file=sys.stderr)
+
+
+def _exit_code(exit_request: SystemExit) -> int:
+    code = exit_request.code
+    if code is None:
+        return EXIT_OK
+    return code if isinstance(code, int) else EXIT_USAGE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

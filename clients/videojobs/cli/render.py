@@ -1,0 +1,195 @@
+"""How the CLI shows things: jobs, events, errors, sizes and times, as text
+for people or as the proto JSON mapping for programs."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC
+from typing import Any
+
+from google.protobuf import json_format, message, timestamp_pb2
+from google.rpc import status_pb2
+from rich import box
+from rich.table import Table
+
+from videojobs.client import VideoJobsError, job_state_name, struct_to_dict
+from videojobs.v1 import job_pb2
+
+_UNSET = "-"
+
+
+def to_json(proto: message.Message, *, one_line: bool = False) -> str:
+    """The proto JSON mapping (camelCase names), pretty or on one line."""
+    return json_format.MessageToJson(proto, indent=None if one_line else 2)
+
+
+def format_error(error: VideoJobsError) -> list[str]:
+    """Lines for stderr: `error: CODE: message`, then every detail indented
+    (field violations as `field: description`, the reason, the retry delay)."""
+    headline = f"error: {error.code.name}"
+    if error.message:
+        headline += f": {error.message}"
+    return [headline] + [f"  {line}" for line in error.detail_lines()]
+
+
+def format_status(status: status_pb2.Status) -> str:
+    """A `google.rpc.Status` (a job's error) as one line."""
+    return str(VideoJobsError.from_status(status))
+
+
+def format_time(timestamp: timestamp_pb2.Timestamp, *, milliseconds: bool = True) -> str:
+    """UTC time (`2025-11-21T06:00:01.123Z`, or to the second), `-` when unset."""
+    if not timestamp.seconds and not timestamp.nanos:
+        return _UNSET
+    moment = timestamp.ToDatetime(tzinfo=UTC)
+    text = moment.isoformat(timespec="milliseconds" if milliseconds else "seconds")
+    return text.replace("+00:00", "Z")
+
+
+def format_bytes(count: int) -> str:
+    """A byte count for people: `512 B`, `1.5 KiB`, `12.3 MiB`."""
+    if count < 1024:
+        return f"{count} B"
+    size = count / 1024
+    for unit in ("KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+def format_percent(fraction: float) -> str:
+    """A 0..1 fraction as a percentage with one decimal."""
+    return f"{fraction * 100:.1f}%"
+
+
+def format_struct(struct: Any) -> str:
+    """A `google.protobuf.Struct` as JSON on one line, keys sorted (Struct keeps
+    no order), whole numbers without `.0`."""
+    return json.dumps(
+        _whole_numbers_as_ints(struct_to_dict(struct)), ensure_ascii=False, sort_keys=True
+    )
+
+
+def _whole_numbers_as_ints(value: Any) -> Any:
+    # Struct numbers are doubles, so a frame count of 240 arrives as 240.0.
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _whole_numbers_as_ints(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers_as_ints(item) for item in value]
+    return value
+
+
+def event_kind(event: job_pb2.JobEvent) -> str:
+    """The event's payload name (`state_changed`, `progress`, ..., `completed`)."""
+    return event.WhichOneof("payload") or "unknown"
+
+
+def format_event_details(event: job_pb2.JobEvent) -> str:
+    """What happened in the event, in a few words."""
+    kind = event.WhichOneof("payload")
+    if kind == "state_changed":
+        change = event.state_changed
+        text = f"{job_state_name(change.from_state)} -> {job_state_name(change.to_state)}"
+        text += f" (attempt {event.attempt})"
+        return f"{text}: {change.reason}" if change.reason else text
+    if kind == "progress":
+        return _format_progress(event.progress)
+    if kind == "partial_result":
+        return f"{event.partial_result.pipeline} {format_struct(event.partial_result.data)}"
+    if kind == "completed":
+        completed = event.completed
+        text = f"output {completed.output_key or _UNSET}"
+        if completed.artifacts:
+            text += f", {len(completed.artifacts)} artifact(s)"
+        if completed.summary.fields:
+            text += f", summary {format_struct(completed.summary)}"
+        return text
+    if kind == "failed":
+        return format_status(event.failed.error)
+    if kind == "cancelled":
+        return event.cancelled.reason or "(no reason given)"
+    return f"state {job_state_name(event.job_state)}"
+
+
+def format_event_line(event: job_pb2.JobEvent) -> str:
+    """One event as `sequence  time  kind  details`."""
+    return (
+        f"{event.sequence:>5}  {format_time(event.create_time)}  "
+        f"{event_kind(event):<14}  {format_event_details(event)}"
+    )
+
+
+def _format_progress(progress: job_pb2.Progress) -> str:
+    text = format_percent(progress.fraction)
+    return f"{text} {progress.stage}" if progress.stage else text
+
+
+def format_job_line(job: job_pb2.Job) -> str:
+    """`<job id> <STATE>`: what `submit` and `cancel` print."""
+    return f"{job.job_id} {job_state_name(job.state)}"
+
+
+def format_job_summary(job: job_pb2.Job) -> list[str]:
+    """The human-readable `status` view of a job, one `label: value` per line;
+    fields the job does not have yet are left out."""
+    rows: list[tuple[str, str]] = [
+        ("job", job.job_id),
+        ("state", job_state_name(job.state)),
+        ("pipeline", job.pipeline),
+    ]
+    if job.parameters.fields:
+        rows.append(("parameters", format_struct(job.parameters)))
+    rows += [
+        ("attempt", str(job.attempt)),
+        ("progress", _format_progress(job.progress)),
+    ]
+    if job.file_name or job.input_size_bytes:
+        file_text = f"{job.file_name or _UNSET}, {format_bytes(job.input_size_bytes)}"
+        rows.append(("file", file_text))
+    if job.input_sha256:
+        rows.append(("sha256", job.input_sha256))
+    rows.append(("input", job.input_key or _UNSET))
+    if job.output_key:
+        rows.append(("output", job.output_key))
+    for index, artifact in enumerate(job.artifacts):
+        text = f"{artifact.key} ({artifact.media_type or 'unknown type'}, "
+        text += f"{format_bytes(artifact.size_bytes)})"
+        rows.append(("artifacts" if index == 0 else "", text))
+    if job.HasField("error"):
+        rows.append(("error", format_status(job.error)))
+    rows += [
+        ("created", format_time(job.create_time)),
+        ("started", format_time(job.start_time)),
+        ("ended", format_time(job.end_time)),
+    ]
+    if job.summary.fields:
+        rows.append(("summary", format_struct(job.summary)))
+    if job.request_id:
+        rows.append(("request id", job.request_id))
+    rows.append(("events", str(job.last_event_sequence)))
+    width = max(len(label) for label, _ in rows) + 1
+    return [f"{label + ':' if label else '':<{width}} {value}" for label, value in rows]
+
+
+def jobs_table(jobs: list[job_pb2.Job]) -> Table:
+    """The `list` table: id, state, pipeline, attempt, progress, created."""
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    table.add_column("ID", no_wrap=True)
+    table.add_column("STATE", no_wrap=True)
+    table.add_column("PIPELINE")
+    table.add_column("ATTEMPT", justify="right")
+    table.add_column("PROGRESS", justify="right")
+    table.add_column("CREATED", no_wrap=True)
+    for job in jobs:
+        table.add_row(
+            job.job_id,
+            job_state_name(job.state),
+            job.pipeline,
+            str(job.attempt),
+            format_percent(job.progress.fraction),
+            format_time(job.create_time, milliseconds=False),
+        )
+    return table

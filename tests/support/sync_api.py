@@ -1,0 +1,84 @@
+"""Small synchronous helpers over the generated stubs, for process-level tests."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import grpc
+
+from support.waiting import eventually_sync
+from videojobs.v1 import job_pb2
+from videojobs.v1 import job_service_pb2 as js
+from videojobs.v1 import job_service_pb2_grpc
+
+TERMINAL = {job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED}
+
+
+class Api:
+    """A JobService stub on its own channel (reconnects by itself after restarts)."""
+
+    def __init__(self, address: str) -> None:
+        self.channel = grpc.insecure_channel(address)
+        self.stub = job_service_pb2_grpc.JobServiceStub(self.channel)
+
+    def close(self) -> None:
+        """Closes the channel."""
+        self.channel.close()
+
+    def submit(self, data: bytes, pipeline: str = "probe", file_name: str = "clip.mp4",
+               **parameters) -> job_pb2.Job:
+        """Uploads `data` in 64 KiB chunks."""
+        header = js.UploadHeader(
+            file_name=file_name,
+            pipeline=pipeline,
+            expected_size_bytes=len(data),
+            expected_sha256=hashlib.sha256(data).hexdigest(),
+        )
+        header.parameters.update(parameters)
+
+        def stream():
+            yield js.SubmitVideoRequest(header=header)
+            for offset in range(0, len(data), 65536):
+                yield js.SubmitVideoRequest(chunk=data[offset : offset + 65536])
+
+        return self.stub.SubmitVideo(stream(), timeout=30, wait_for_ready=True).job
+
+    def job(self, job_id: str) -> job_pb2.Job:
+        """GetStatus, waiting for the server to be reachable."""
+        return self.stub.GetStatus(
+            js.GetStatusRequest(job_id=job_id), timeout=10, wait_for_ready=True
+        ).job
+
+    def events(self, job_id: str, after: int = 0) -> list[job_pb2.JobEvent]:
+        """Every event to the terminal one (the job must end)."""
+        return [
+            r.event
+            for r in self.stub.StreamResults(
+                js.StreamResultsRequest(job_id=job_id, after_sequence=after),
+                timeout=60,
+                wait_for_ready=True,
+            )
+        ]
+
+    def wait_until(self, job_id: str, predicate, timeout: float = 60.0, what: str = "job state"):
+        """Polls GetStatus until `predicate(job)`; returns the job."""
+        def probe():
+            try:
+                job = self.job(job_id)
+            except grpc.RpcError as exc:
+                if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    return None
+                raise
+            return job if predicate(job) else None
+
+        return eventually_sync(probe, timeout=timeout, interval=0.02, what=what)
+
+    def wait_terminal(self, job_id: str, timeout: float = 60.0) -> job_pb2.Job:
+        """Waits for the job to end."""
+        return self.wait_until(job_id, lambda j: j.state in TERMINAL, timeout, "the job to end")
+
+
+def elapsed_since(start: float) -> float:
+    """Seconds since `start` (time.monotonic)."""
+    return time.monotonic() - start
