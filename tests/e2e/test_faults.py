@@ -8,11 +8,12 @@ import signal
 
 import pytest
 
+from videojobs.storage import StorageKey, open_blob_store
+from videojobs.v1 import job_pb2
+
 from support.processes import child_pids
 from support.sync_api import Api
 from support.waiting import eventually_sync
-from videojobs.storage import StorageKey, open_blob_store
-from videojobs.v1 import job_pb2
 
 pytestmark = pytest.mark.e2e
 
@@ -77,6 +78,7 @@ def test_pipeline_child_does_not_outlive_a_killed_worker(stack, sample_mp4):
             os.kill(pid, signal.SIGCONT)
         except ProcessLookupError:
             pass
+
     # Once running again, the orphan sees its stdin closed and exits by itself.
     def gone():
         import os

@@ -56,7 +56,9 @@ async def start_job_service(tmp_path) -> AsyncIterator:
         address = await app.start()
         channel = grpc.aio.insecure_channel(address)
         started.append((app, channel))
-        return RunningJobService(app, address, directory, job_service_pb2_grpc.JobServiceStub(channel))
+        return RunningJobService(
+            app, address, directory, job_service_pb2_grpc.JobServiceStub(channel)
+        )
 
     yield start
     for app, channel in reversed(started):

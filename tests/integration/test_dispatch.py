@@ -6,13 +6,14 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from videojobs.v1 import dispatch_service_pb2 as dpb
+from videojobs.v1 import job_pb2
+from videojobs.v1 import job_service_pb2 as js
+
 from support.grpc_status import rich_error
 from support.scripted_worker import ScriptedWorker
 from support.uploads import submit
 from support.waiting import eventually
-from videojobs.v1 import dispatch_service_pb2 as dpb
-from videojobs.v1 import job_pb2
-from videojobs.v1 import job_service_pb2 as js
 
 
 async def _job(service, job_id: str) -> job_pb2.Job:
@@ -108,6 +109,7 @@ async def test_worker_keys_must_be_relative(job_service, sample_mp4, output_key,
     assert details.code == grpc.StatusCode.INVALID_ARGUMENT
     assert details.reason == "INVALID_STORAGE_KEY"
     assert field in details.violations
+
     # The bad report recorded nothing; the attempt was lost and the job requeued.
     async def requeued():
         current = await _job(job_service, job.job_id)
@@ -183,7 +185,9 @@ async def test_retryable_failure_is_retried_until_attempts_run_out(start_job_ser
     assert (await _job(service, job.job_id)).attempt == 2
 
 
-async def test_restarted_server_lets_the_worker_keep_its_lease(start_job_service, tmp_path, sample_mp4):
+async def test_restarted_server_lets_the_worker_keep_its_lease(
+    start_job_service, tmp_path, sample_mp4
+):
     first = await start_job_service(data_dir=tmp_path / "shared", lease_duration=30.0)
     job = await submit(first.stub, sample_mp4)
     async with ScriptedWorker(first.address) as worker:

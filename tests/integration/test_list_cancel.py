@@ -7,12 +7,13 @@ import asyncio
 import grpc
 import pytest
 
-from support.grpc_status import rich_error
-from support.scripted_worker import ScriptedWorker
-from support.uploads import submit
 from videojobs.v1 import dispatch_service_pb2 as dpb
 from videojobs.v1 import job_pb2
 from videojobs.v1 import job_service_pb2 as js
+
+from support.grpc_status import rich_error
+from support.scripted_worker import ScriptedWorker
+from support.uploads import submit
 
 
 async def test_pages_newest_first_without_gaps_or_repeats(job_service, sample_mp4):
@@ -65,7 +66,9 @@ async def test_list_errors(job_service, sample_mp4):
 async def test_cancel_a_queued_job_at_once(job_service, sample_mp4):
     job = await submit(job_service.stub, sample_mp4)
     cancelled = (
-        await job_service.stub.CancelJob(js.CancelJobRequest(job_id=job.job_id, reason="not needed"))
+        await job_service.stub.CancelJob(
+            js.CancelJobRequest(job_id=job.job_id, reason="not needed")
+        )
     ).job
     assert cancelled.state == job_pb2.JOB_STATE_CANCELLED
     assert cancelled.error.code == grpc.StatusCode.CANCELLED.value[0]
@@ -76,7 +79,8 @@ async def test_cancel_a_queued_job_at_once(job_service, sample_mp4):
         with pytest.raises(TimeoutError):
             await worker.next("assignment", timeout=0.5)
     events = [
-        r.event async for r in job_service.stub.StreamResults(js.StreamResultsRequest(job_id=job.job_id))
+        r.event
+        async for r in job_service.stub.StreamResults(js.StreamResultsRequest(job_id=job.job_id))
     ]
     assert events[-1].cancelled.reason == "not needed"
     assert events[-1].job_state == job_pb2.JOB_STATE_CANCELLED
@@ -96,7 +100,9 @@ async def test_cancel_a_running_job_tells_its_worker(job_service, sample_mp4):
         worker.complete(assignment)
         refusal = await worker.next("stop_job")
         assert refusal.reason == dpb.STOP_REASON_JOB_ENDED
-        worker.send(stopped=dpb.JobStoppedReport(job_id=job.job_id, lease_token=assignment.lease_token))
+        worker.send(
+            stopped=dpb.JobStoppedReport(job_id=job.job_id, lease_token=assignment.lease_token)
+        )
     final = (await job_service.stub.GetStatus(js.GetStatusRequest(job_id=job.job_id))).job
     assert final.state == job_pb2.JOB_STATE_CANCELLED
     assert final.output_key == ""

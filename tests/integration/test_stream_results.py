@@ -8,11 +8,12 @@ import asyncio
 import grpc
 import pytest
 
+from videojobs.v1 import job_pb2
+from videojobs.v1 import job_service_pb2 as js
+
 from support.grpc_status import rich_error
 from support.scripted_worker import ScriptedWorker
 from support.uploads import submit
-from videojobs.v1 import job_pb2
-from videojobs.v1 import job_service_pb2 as js
 
 
 async def _collect(stub, job_id: str, after: int = 0, until_sequence: int | None = None):
@@ -61,7 +62,12 @@ async def test_live_events_then_resume_exactly_where_it_broke(job_service, sampl
 
     kinds = [e.WhichOneof("payload") for e in received]
     assert kinds == [
-        "state_changed", "state_changed", "progress", "partial_result", "progress", "completed"
+        "state_changed",
+        "state_changed",
+        "progress",
+        "partial_result",
+        "progress",
+        "completed",
     ]
     assert [e.sequence for e in received] == list(range(1, len(received) + 1))
     assert received[0].state_changed.to_state == job_pb2.JOB_STATE_QUEUED
@@ -112,7 +118,10 @@ async def test_events_survive_a_server_restart(start_job_service, tmp_path, samp
     second = await start_job_service(data_dir=tmp_path / "shared")
     events = await _collect(second.stub, job.job_id)
     assert [e.WhichOneof("payload") for e in events] == [
-        "state_changed", "state_changed", "partial_result", "completed"
+        "state_changed",
+        "state_changed",
+        "partial_result",
+        "completed",
     ]
     assert events[2].partial_result.data["n"] == 1
 

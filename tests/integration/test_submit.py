@@ -9,10 +9,11 @@ import hashlib
 import grpc
 import pytest
 
-from support.grpc_status import rich_error
-from support.uploads import chunks, header, submit
 from videojobs.v1 import job_pb2
 from videojobs.v1 import job_service_pb2 as js
+
+from support.grpc_status import rich_error
+from support.uploads import chunks, header, submit
 
 
 async def _stream(*messages):
@@ -167,6 +168,7 @@ async def test_broken_off_upload_leaves_nothing(job_service, sample_mp4):
 
     call = job_service.stub.SubmitVideo(stream())
     await gate.wait()
+
     # The server has seen the header and a chunk; now the client goes away.
     async def partial_write_exists():
         return any((job_service.data_dir / "storage" / ".partial").iterdir())

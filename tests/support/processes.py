@@ -139,7 +139,9 @@ class Stack:
     def start_server(self, **env: str) -> ServiceProcess:
         """Starts (or restarts) videojobs-server on this stack's port."""
         server = ServiceProcess(
-            "videojobs-server", [str(BIN / "videojobs-server")], self.env(**env),
+            "videojobs-server",
+            [str(BIN / "videojobs-server")],
+            self.env(**env),
             self.root / "server.log",
         )
         self.processes.append(server)
@@ -159,7 +161,9 @@ class Stack:
         wait_connected(worker)
         return worker
 
-    def cli(self, *args: str, timeout: float = 60.0, check: bool = True) -> subprocess.CompletedProcess:
+    def cli(
+        self, *args: str, timeout: float = 60.0, check: bool = True
+    ) -> subprocess.CompletedProcess:
         """Runs the `videojobs` CLI against this stack."""
         result = subprocess.run(
             [str(BIN / "videojobs"), "--address", self.address, *args],
@@ -211,8 +215,9 @@ def wait_connected(worker: ServiceProcess, timeout: float = 30.0) -> None:
     """Waits until the worker reports a live session with job-service."""
     import grpc
 
-    from support.waiting import eventually_sync
     from videojobs.v1 import worker_service_pb2, worker_service_pb2_grpc
+
+    from support.waiting import eventually_sync
 
     with grpc.insecure_channel(worker.address) as channel:
         stub = worker_service_pb2_grpc.WorkerServiceStub(channel)

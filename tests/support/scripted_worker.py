@@ -131,12 +131,17 @@ class ScriptedWorker:
             partial_result=pb.JobPartialResultReport(
                 job_id=assignment.job_id,
                 lease_token=assignment.lease_token,
-                partial_result=job_pb2.PartialResult(pipeline=assignment.pipeline, data=struct(data)),
+                partial_result=job_pb2.PartialResult(
+                    pipeline=assignment.pipeline, data=struct(data)
+                ),
             )
         )
 
     def complete(
-        self, assignment: pb.Assignment, output_key: str | None = None, summary: dict | None = None,
+        self,
+        assignment: pb.Assignment,
+        output_key: str | None = None,
+        summary: dict | None = None,
         artifacts: list[job_pb2.Artifact] | None = None,
     ) -> None:
         """Reports completion of `assignment` (output under its attempt prefix by default)."""

@@ -7,10 +7,10 @@ import time
 
 import grpc
 
-from support.waiting import eventually_sync
-from videojobs.v1 import job_pb2
+from videojobs.v1 import job_pb2, job_service_pb2_grpc
 from videojobs.v1 import job_service_pb2 as js
-from videojobs.v1 import job_service_pb2_grpc
+
+from support.waiting import eventually_sync
 
 TERMINAL = {job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED}
 
@@ -26,8 +26,9 @@ class Api:
         """Closes the channel."""
         self.channel.close()
 
-    def submit(self, data: bytes, pipeline: str = "probe", file_name: str = "clip.mp4",
-               **parameters) -> job_pb2.Job:
+    def submit(
+        self, data: bytes, pipeline: str = "probe", file_name: str = "clip.mp4", **parameters
+    ) -> job_pb2.Job:
         """Uploads `data` in 64 KiB chunks."""
         header = js.UploadHeader(
             file_name=file_name,
@@ -63,6 +64,7 @@ class Api:
 
     def wait_until(self, job_id: str, predicate, timeout: float = 60.0, what: str = "job state"):
         """Polls GetStatus until `predicate(job)`; returns the job."""
+
         def probe():
             try:
                 job = self.job(job_id)

@@ -10,8 +10,13 @@ from google.protobuf import struct_pb2
 from videojobs.v1 import job_service_pb2 as js
 
 
-def header(file_name: str = "clip.mp4", pipeline: str = "probe", parameters: dict | None = None,
-           data: bytes | None = None, **fields: Any) -> js.SubmitVideoRequest:
+def header(
+    file_name: str = "clip.mp4",
+    pipeline: str = "probe",
+    parameters: dict | None = None,
+    data: bytes | None = None,
+    **fields: Any,
+) -> js.SubmitVideoRequest:
     """A header message; with `data`, states its size and SHA-256."""
     params = struct_pb2.Struct()
     params.update(parameters or {})

@@ -11,7 +11,10 @@ T = TypeVar("T")
 
 
 async def eventually(
-    probe: Callable[[], Awaitable[T]], *, timeout: float = 20.0, interval: float = 0.02,
+    probe: Callable[[], Awaitable[T]],
+    *,
+    timeout: float = 20.0,
+    interval: float = 0.02,
     what: str = "condition",
 ) -> T:
     """Awaits `probe()` until it returns something truthy; fails after `timeout` seconds."""
@@ -26,7 +29,11 @@ async def eventually(
 
 
 def eventually_sync(
-    probe: Callable[[], T], *, timeout: float = 20.0, interval: float = 0.02, what: str = "condition"
+    probe: Callable[[], T],
+    *,
+    timeout: float = 20.0,
+    interval: float = 0.02,
+    what: str = "condition",
 ) -> T:
     """Synchronous `eventually`."""
     deadline = time.monotonic() + timeout
