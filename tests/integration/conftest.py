@@ -14,6 +14,8 @@ from videojobs.jobservice.settings import JobServiceSettings
 from videojobs.storage import open_blob_store
 from videojobs.v1 import job_service_pb2_grpc
 
+from support.postgres import fresh_database
+
 
 @dataclasses.dataclass
 class RunningJobService:
@@ -44,14 +46,27 @@ def make_settings(data_dir: Path, **overrides) -> JobServiceSettings:
     return JobServiceSettings(**values)
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+async def database_url(request, tmp_path) -> AsyncIterator[str]:
+    """Every integration test runs on the embedded default (SQLite) and on
+    PostgreSQL (skipped, with the reason, when no server is reachable)."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'videojobs.db'}"
+        return
+    async with fresh_database() as url:
+        yield url
+
+
 @pytest.fixture
-async def start_job_service(tmp_path) -> AsyncIterator:
-    """Factory: `await start_job_service(**setting_overrides)`; all are stopped at teardown."""
+async def start_job_service(tmp_path, database_url) -> AsyncIterator:
+    """Factory: `await start_job_service(**setting_overrides)`; all are stopped at
+    teardown. Services started in one test share its database."""
     started: list[tuple[JobServiceApp, grpc.aio.Channel]] = []
 
     async def start(data_dir: Path | None = None, **overrides) -> RunningJobService:
         directory = data_dir or tmp_path / "data"
         directory.mkdir(parents=True, exist_ok=True)
+        overrides.setdefault("database_url", database_url)
         app = build_job_service(make_settings(directory, **overrides))
         address = await app.start()
         channel = grpc.aio.insecure_channel(address)
