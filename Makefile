@@ -68,7 +68,7 @@ demo: $(INSTALLED) ## Make a sample video, start the pair, submit it, follow it 
 
 .PHONY: bench
 bench: $(INSTALLED) ## Run the benchmarks.
-	$(PY) -m videojobs_bench
+	$(PY) bench/bench_service.py
 
 .PHONY: clean
 clean: ## Remove the virtualenv and local data.

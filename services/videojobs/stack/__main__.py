@@ -130,7 +130,9 @@ def demo(env: dict[str, str]) -> int:
     with tempfile.TemporaryDirectory(prefix="videojobs-demo-") as scratch:
         video = Path(scratch) / "demo.mp4"
         print("making a 4 s 640x360 25 fps H.264 video with stereo AAC audio...", flush=True)
-        write_sample_video(video, width=640, height=360, fps=25, frames=100, audio_sample_rate=48000)
+        write_sample_video(
+            video, width=640, height=360, fps=25, frames=100, audio_sample_rate=48000
+        )
         demo_env = dict(
             env,
             VIDEOJOBS_DATA_DIR=str(Path(scratch) / "data"),
