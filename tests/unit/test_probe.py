@@ -4,7 +4,6 @@ come from the file, progress only grows, and bad input fails cleanly."""
 from __future__ import annotations
 
 import random
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import pytest
 
 from videojobs.pipelines.base import PipelineFailure, PipelineOutput
 from videojobs.pipelines.probe import PIPELINE, SPEC
-from videojobs.stack.sample_video import write_sample_video
+from videojobs.stack.sample_video import write_audio_only, write_sample_video
 
 NOT_MEDIA_REASONS = {"INPUT_NOT_MEDIA", "INPUT_NOT_DECODABLE"}
 
@@ -62,27 +61,6 @@ def assert_progress_well_formed(reporter: RecordingReporter) -> None:
     assert all(0.0 <= f <= 1.0 for f in fractions)
     assert all(b >= a for a, b in zip(fractions, fractions[1:], strict=False)), fractions
     assert fractions[-1] == 1.0
-
-
-def write_audio_only(path: Path, seconds: float = 1.0, sample_rate: int = 44100) -> None:
-    """An MP4 with one AAC track of silence and no video stream."""
-    with av.open(str(path), mode="w", format="mp4") as container:
-        stream = container.add_stream("aac", rate=sample_rate, layout="mono")
-        total = int(sample_rate * seconds)
-        pts = 0
-        while pts < total:
-            count = min(1024, total - pts)
-            frame = av.AudioFrame(format="fltp", layout="mono", samples=count)
-            for plane in frame.planes:
-                plane.update(bytes(plane.buffer_size))
-            frame.sample_rate = sample_rate
-            frame.pts = pts
-            frame.time_base = Fraction(1, sample_rate)
-            pts += count
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
 
 
 def top_level_boxes(data: bytes) -> list[tuple[bytes, int, int]]:

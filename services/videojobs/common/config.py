@@ -4,9 +4,11 @@ environment variables, so every setting can be given either way (flags win)."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
-from collections.abc import Callable
+import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,3 +62,18 @@ def setup_logging(level: str) -> None:
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+
+
+def run_until_signalled(serve: Callable[[asyncio.Event], Awaitable[None]]) -> int:
+    """Runs `serve(stop)` in a new event loop; SIGTERM and SIGINT set `stop`,
+    and `serve` shuts down gracefully when it is set. Returns exit code 0."""
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await serve(stop)
+
+    asyncio.run(run())
+    return 0

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
-
-from videojobs.common.config import setup_logging
+from videojobs.common.config import run_until_signalled, setup_logging
 from videojobs.jobservice.server import serve
 from videojobs.jobservice.settings import parse_settings
 
@@ -15,15 +12,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = parse_settings(argv)
     setup_logging(settings.log_level)
 
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        await serve(settings, stop)
-
-    asyncio.run(run())
-    return 0
+    return run_until_signalled(lambda stop: serve(settings, stop))
 
 
 if __name__ == "__main__":

@@ -93,6 +93,20 @@ def _write_silence(container, audio, seconds: float) -> None:
         container.mux(packet)
 
 
+def write_audio_only(
+    target: str | os.PathLike[str] | BinaryIO,
+    *,
+    seconds: float = 1.0,
+    sample_rate: int = 44100,
+    channels: int = 1,
+) -> None:
+    """An MP4 with one AAC track of silence and no video stream."""
+    with av.open(target, mode="w", format="mp4") as container:
+        layout = "stereo" if channels == 2 else "mono"
+        audio = container.add_stream("aac", rate=sample_rate, layout=layout)
+        _write_silence(container, audio, seconds=seconds)
+
+
 def main() -> None:
     """`python -m videojobs.stack.sample_video OUT.mp4`: writes a 2 s 320x240 sample."""
     import sys

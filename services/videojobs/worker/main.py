@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 
 import grpc
 
-from videojobs.common.config import setup_logging
+from videojobs.common.config import run_until_signalled, setup_logging
 from videojobs.common.grpc_server import (
     SERVER_OPTIONS,
     add_health_and_reflection,
@@ -74,15 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = parse_settings(argv)
     setup_logging(settings.log_level)
 
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        await serve(settings, stop)
-
-    asyncio.run(run())
-    return 0
+    return run_until_signalled(lambda stop: serve(settings, stop))
 
 
 if __name__ == "__main__":
