@@ -1,0 +1,94 @@
+"""The client library against a real job-service: uploads with progress,
+errors as VideoJobsError, paging, and `follow` resuming across a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+import grpc
+import pytest
+
+from videojobs.client import AsyncJobClient, JobClient, VideoJobsError
+from videojobs.v1 import dispatch_service_pb2 as dpb
+from videojobs.v1 import job_pb2
+
+from support.scripted_worker import ScriptedWorker
+
+
+@pytest.fixture
+def video_file(tmp_path, sample_mp4):
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(sample_mp4)
+    return path
+
+
+async def test_sync_client_submit_status_list_cancel(job_service, video_file, sample_mp4):
+    progress: list[tuple[int, int]] = []
+
+    def scenario():
+        with JobClient(job_service.address) as client:
+            job = client.submit(
+                video_file, chunk_size=4096, on_upload_progress=lambda s, t: progress.append((s, t))
+            )
+            fetched = client.get_status(job.job_id)
+            jobs, token = client.list_jobs(page_size=10)
+            cancelled = client.cancel(job.job_id, reason="changed my mind")
+            with pytest.raises(VideoJobsError) as caught:
+                client.cancel(job.job_id)
+            return job, fetched, jobs, token, cancelled, caught.value
+
+    job, fetched, jobs, token, cancelled, error = await asyncio.to_thread(scenario)
+    assert job.input_sha256 == hashlib.sha256(sample_mp4).hexdigest()
+    assert fetched == job
+    assert [j.job_id for j in jobs] == [job.job_id] and token == ""
+    assert cancelled.state == job_pb2.JOB_STATE_CANCELLED
+    assert error.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert error.reason == "JOB_ALREADY_ENDED"
+    sent = [s for s, _ in progress]
+    assert sent == sorted(sent) and sent[-1] == len(sample_mp4)
+    assert {t for _, t in progress} == {len(sample_mp4)}
+
+
+async def test_async_client_errors_carry_details(job_service, tmp_path):
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video at all\n" * 50)
+    async with AsyncJobClient(job_service.address) as client:
+        with pytest.raises(VideoJobsError) as caught:
+            await client.submit(text)
+        assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert caught.value.reason == "NOT_A_VIDEO"
+        assert [f for f, _ in caught.value.field_violations] == ["chunk"]
+        with pytest.raises(VideoJobsError) as caught:
+            await client.get_status("f" * 32)
+        assert caught.value.code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_follow_resumes_across_a_server_restart(start_job_service, tmp_path, video_file):
+    shared = tmp_path / "shared"
+    first = await start_job_service(data_dir=shared, lease_duration=30.0)
+    address = first.address
+    async with AsyncJobClient(address) as client:
+        job = await client.submit(video_file)
+        async with ScriptedWorker(address) as worker:
+            assignment = await worker.next("assignment")
+            worker.progress(assignment, 0.5)
+            seen = []
+            follower = client.follow(job.job_id)
+            async for event in follower:
+                seen.append(event)
+                if event.WhichOneof("payload") == "progress":
+                    break
+        # job-service goes down and comes back on the same address.
+        first.app.dispatch_servicer.shutting_down = True
+        await first.app.stop()
+        second = await start_job_service(data_dir=shared, listen=address, lease_duration=30.0)
+        held = [dpb.HeldLease(job_id=job.job_id, lease_token=assignment.lease_token)]
+        async with ScriptedWorker(second.address, held=held) as worker:
+            worker.partial(assignment, {"after": "restart"})
+            worker.complete(assignment)
+            async for event in follower:
+                seen.append(event)
+    kinds = [e.WhichOneof("payload") for e in seen]
+    assert kinds == ["state_changed", "state_changed", "progress", "partial_result", "completed"]
+    assert [e.sequence for e in seen] == [1, 2, 3, 4, 5]
