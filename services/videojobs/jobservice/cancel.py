@@ -6,7 +6,15 @@ from __future__ import annotations
 from typing import Protocol
 
 from videojobs.common import errors
-from videojobs.jobservice.domain import EventKind, Job, JobState, check_job_id, job_not_found
+from videojobs.jobservice.domain import (
+    AttemptOutcome,
+    EventKind,
+    Job,
+    JobError,
+    JobState,
+    check_job_id,
+    job_not_found,
+)
 from videojobs.jobservice.store import Database
 
 MAX_REASON_BYTES = 256
@@ -47,6 +55,12 @@ class CancelService:
                     state=state.value,
                 )
             lease_token = row.lease_token if state is JobState.RUNNING else None
+            if state is JobState.RUNNING:
+                await repository.close_attempt(
+                    row, AttemptOutcome.CANCELLED, JobError("CANCELLED", reason, "JOB_CANCELLED")
+                )
+            row.execution_deadline_at = None
+            row.available_at = None
             row.error_code = "CANCELLED"
             row.error_message = reason
             row.error_reason = "JOB_CANCELLED"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import re
 import uuid
 from collections.abc import Iterable
@@ -30,15 +31,18 @@ from videojobs.common import errors
 from videojobs.jobservice.domain import (
     Artifact,
     Assignment,
+    AttemptOutcome,
     EventKind,
+    JobError,
     JobState,
     attempt_prefix_for,
     new_lease_token,
+    retry_delay_seconds,
     utc_now,
 )
 from videojobs.jobservice.store import Database, JobRepository
 from videojobs.jobservice.store.models import JobRow
-from videojobs.storage import StorageKey
+from videojobs.storage import BlobStore, StorageKey
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +52,19 @@ MAX_CONCURRENT_JOBS = 64
 
 @dataclass(frozen=True)
 class DispatchSettings:
-    """Lease timings. A lease lives `lease_duration` seconds past the last heartbeat."""
+    """Lease timings and retry policy.
+
+    A lease lives `lease_duration` seconds past the last heartbeat. A retryable
+    failure waits `retry_backoff_base * 2**(failures-1)` seconds (capped at
+    `retry_backoff_max`, with jitter) before its next attempt. A job whose
+    worker vanished more than `max_lease_losses` times fails (ABORTED).
+    """
 
     heartbeat_interval: float = 2.0
     lease_duration: float = 10.0
+    retry_backoff_base: float = 1.0
+    retry_backoff_max: float = 60.0
+    max_lease_losses: int = 10
 
 
 @dataclass(frozen=True)
@@ -116,26 +129,58 @@ def validate_hello(hello: WorkerHello) -> None:
         raise errors.invalid_argument("the worker hello is invalid", violations)
 
 
-def _requeue(repository: JobRepository, row: JobRow, reason: str) -> None:
-    """RUNNING -> QUEUED with attempt + 1 (a lost lease or a retryable failure)."""
+def _requeue(
+    repository: JobRepository, row: JobRow, reason: str, delay_seconds: float = 0.0
+) -> None:
+    """RUNNING -> QUEUED with attempt + 1, eligible again after `delay_seconds`."""
     row.attempt += 1
     row.worker_id = None
     row.lease_token = None
     row.lease_expires_at = None
+    row.execution_deadline_at = None
     row.started_at = None
     row.progress_fraction = 0.0
-    row.progress_stage = "queued"
+    row.progress_stage = "queued" if delay_seconds <= 0 else "waiting to retry"
+    row.available_at = utc_now() + timedelta(seconds=delay_seconds) if delay_seconds > 0 else None
     repository.change_state(row, JobState.QUEUED, reason=reason)
+
+
+def fail_job(repository: JobRepository, row: JobRow, error: JobError) -> None:
+    """Ends the job FAILED with `error` (and the terminal failed event)."""
+    row.error_code = error.code
+    row.error_message = error.message
+    row.error_reason = error.reason
+    row.error_metadata = dict(error.metadata)
+    row.execution_deadline_at = None
+    row.available_at = None
+    repository.finish(
+        row,
+        JobState.FAILED,
+        EventKind.FAILED,
+        {
+            "code": error.code,
+            "message": error.message,
+            "reason": error.reason,
+            "metadata": dict(error.metadata),
+        },
+    )
 
 
 class DispatchCoordinator:
     """Application service behind DispatchService.Connect."""
 
-    def __init__(self, database: Database, settings: DispatchSettings) -> None:
+    def __init__(
+        self,
+        database: Database,
+        settings: DispatchSettings,
+        blob_store: BlobStore | None = None,
+    ) -> None:
         self._database = database
         self.settings = settings
+        self._blob_store = blob_store
         self._sessions: dict[str, WorkerSession] = {}
         self._wake_dispatcher = asyncio.Event()
+        self._wake_reaper = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
 
     # -- life cycle ----------------------------------------------------------
@@ -159,8 +204,9 @@ class DispatchCoordinator:
         self._tasks = []
 
     def job_queued(self) -> None:
-        """A job entered QUEUED: try to hand it out."""
+        """A job entered QUEUED: try to hand it out (and watch its queue deadline)."""
         self._wake_dispatcher.set()
+        self._wake_reaper.set()
 
     @property
     def sessions(self) -> list[WorkerSession]:
@@ -208,15 +254,76 @@ class DispatchCoordinator:
         log.info("worker %s disconnected (session %s)", session.worker_id, session.session_id)
         self._wake_dispatcher.set()
 
-    async def _requeue_leases(self, lease_tokens: Iterable[str], reason: str) -> list[str]:
+    async def _requeue_leases(
+        self,
+        lease_tokens: Iterable[str],
+        reason: str,
+        outcome: AttemptOutcome = AttemptOutcome.LEASE_LOST,
+    ) -> list[str]:
         async with self._database.transaction() as repository:
             rows = await repository.running_on_tokens(lease_tokens)
             for row in rows:
-                _requeue(repository, row, reason)
+                await self._lose_attempt(repository, row, reason, outcome)
         if rows:
             log.info("requeued %s: %s", ",".join(r.job_id for r in rows), reason)
             self._wake_dispatcher.set()
         return [r.job_id for r in rows]
+
+    async def _lose_attempt(
+        self, repository: JobRepository, row: JobRow, reason: str, outcome: AttemptOutcome
+    ) -> None:
+        """The attempt ended without a verdict (worker gone, or handed back): it
+        goes back to the queue at once. Lost leases are not failures of the
+        job, but a job that loses more than `max_lease_losses` fails."""
+        await repository.close_attempt(row, outcome, JobError("UNAVAILABLE", reason, "WORKER_LOST"))
+        if outcome is AttemptOutcome.LEASE_LOST:
+            row.lease_losses += 1
+            if row.lease_losses > self.settings.max_lease_losses:
+                fail_job(
+                    repository,
+                    row,
+                    JobError(
+                        "ABORTED",
+                        f"the job lost its worker {row.lease_losses} times; giving up",
+                        "TOO_MANY_LOST_LEASES",
+                    ),
+                )
+                return
+        _requeue(repository, row, reason)
+
+    async def _attempt_failed(
+        self,
+        repository: JobRepository,
+        row: JobRow,
+        error: JobError,
+        retryable: bool,
+        outcome_if_retried: AttemptOutcome = AttemptOutcome.RETRIED,
+    ) -> None:
+        """A failed attempt: retried after a backoff while attempts remain,
+        otherwise the job fails with `error`."""
+        row.failed_attempts += 1
+        if retryable and row.failed_attempts < row.max_attempts:
+            await repository.close_attempt(row, outcome_if_retried, error)
+            delay = retry_delay_seconds(
+                row.failed_attempts,
+                self.settings.retry_backoff_base,
+                self.settings.retry_backoff_max,
+                random.random(),
+            )
+            _requeue(
+                repository,
+                row,
+                f"attempt {row.attempt} failed ({error.message}); retrying in {delay:.1f}s",
+                delay_seconds=delay,
+            )
+        else:
+            final = (
+                AttemptOutcome.TIMED_OUT
+                if outcome_if_retried is AttemptOutcome.TIMED_OUT
+                else AttemptOutcome.FAILED
+            )
+            await repository.close_attempt(row, final, error)
+            fail_job(repository, row, error)
 
     # -- reports from workers ------------------------------------------------
 
@@ -292,6 +399,8 @@ class DispatchCoordinator:
             row.summary = summary
             row.progress_fraction = 1.0
             row.progress_stage = "done"
+            row.execution_deadline_at = None
+            await repository.close_attempt(row, AttemptOutcome.SUCCEEDED)
             repository.set_artifacts(row, artifacts)
             repository.finish(
                 row,
@@ -309,6 +418,30 @@ class DispatchCoordinator:
         session.leases.pop(job_id, None)
         log.info("job %s succeeded on worker %s", job_id, session.worker_id)
         self._wake_dispatcher.set()
+        await self._remove_other_attempts(job_id, prefix)
+
+    async def _remove_other_attempts(self, job_id: str, winner: StorageKey) -> None:
+        """Deletes what earlier (lost or failed) attempts wrote: the job keeps
+        exactly one output, its winner's. Best effort: a failure only logs."""
+        if self._blob_store is None:
+            return
+        store = self._blob_store
+
+        def sweep() -> int:
+            removed = 0
+            for info in list(store.list(StorageKey.join("jobs", job_id, "attempts"))):
+                if not info.key.is_within(winner):
+                    store.delete(info.key)
+                    removed += 1
+            return removed
+
+        try:
+            removed = await asyncio.to_thread(sweep)
+        except Exception:  # noqa: BLE001 - cleanup must never fail a completion
+            log.warning("could not remove old attempt outputs of job %s", job_id, exc_info=True)
+            return
+        if removed:
+            log.info("removed %d file(s) of earlier attempts of job %s", removed, job_id)
 
     async def report_failure(
         self,
@@ -323,24 +456,12 @@ class DispatchCoordinator:
             row = await self._current_lease(repository, session, job_id, token)
             if row is None:
                 return
-            if retryable and row.attempt < row.max_attempts:
-                _requeue(repository, row, f"attempt {row.attempt} failed: {error.message}")
-            else:
-                row.error_code = error.code
-                row.error_message = error.message
-                row.error_reason = error.reason
-                row.error_metadata = dict(error.metadata)
-                repository.finish(
-                    row,
-                    JobState.FAILED,
-                    EventKind.FAILED,
-                    {
-                        "code": error.code,
-                        "message": error.message,
-                        "reason": error.reason,
-                        "metadata": dict(error.metadata),
-                    },
-                )
+            await self._attempt_failed(
+                repository,
+                row,
+                JobError(error.code, error.message, error.reason, dict(error.metadata)),
+                retryable,
+            )
         session.leases.pop(job_id, None)
         log.info("job %s failed on worker %s: %s", job_id, session.worker_id, error.message)
         self._wake_dispatcher.set()
@@ -350,7 +471,9 @@ class DispatchCoordinator:
         its own (draining, shutting down) while the lease is still current is
         handed back: QUEUED at once with attempt + 1."""
         session.leases.pop(job_id, None)
-        await self._requeue_leases([token], f"handed back by worker {session.worker_id}")
+        await self._requeue_leases(
+            [token], f"handed back by worker {session.worker_id}", AttemptOutcome.HANDED_BACK
+        )
         self._wake_dispatcher.set()
 
     def stop_job(self, job_id: str, lease_token: str, reason: str) -> None:
@@ -378,15 +501,27 @@ class DispatchCoordinator:
     # -- background loops ----------------------------------------------------
 
     async def _dispatch_loop(self) -> None:
+        timeout: float | None = None
         while True:
-            await self._wake_dispatcher.wait()
+            # Woken by submits, connects, freed slots and requeues; the only
+            # timer is the moment a job backing off becomes eligible again.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake_dispatcher.wait(), timeout)
             self._wake_dispatcher.clear()
             try:
                 await self._dispatch_round()
+                timeout = await self._until_next_eligible()
             except Exception:  # noqa: BLE001 - the loop must survive a database hiccup
                 log.exception("dispatch round failed; retrying")
-                await asyncio.sleep(1.0)
-                self._wake_dispatcher.set()
+                timeout = 1.0
+
+    async def _until_next_eligible(self) -> float | None:
+        now = utc_now()
+        async with self._database.reading() as repository:
+            eligible_at = await repository.next_available_at(now)
+        if eligible_at is None:
+            return None
+        return max(0.0, (eligible_at - now).total_seconds()) + 0.01
 
     async def _dispatch_round(self) -> None:
         handed_out = True
@@ -401,7 +536,7 @@ class DispatchCoordinator:
         token = new_lease_token()
         expiry = utc_now() + timedelta(seconds=self.settings.lease_duration)
         async with self._database.transaction() as repository:
-            row = await repository.claim_oldest_queued(
+            row = await repository.claim_next_queued(
                 session.hello.pipelines, session.worker_id, token, expiry
             )
             if row is None:
@@ -424,6 +559,7 @@ class DispatchCoordinator:
                 parameters=dict(row.parameters or {}),
                 output_prefix=attempt_prefix_for(row.job_id, row.attempt),
                 lease_expire_time=expiry,
+                execution_deadline=row.execution_deadline_at,
             )
         if session.closed:
             # The stream broke while we were claiming: the job goes straight back.
@@ -437,33 +573,73 @@ class DispatchCoordinator:
             assignment.attempt,
             session.worker_id,
         )
+        self._wake_reaper.set()  # its execution deadline may be the next one due
         return True
 
     async def _reaper_loop(self) -> None:
-        lease_duration = self.settings.lease_duration
+        """Enforces, from the database, what workers cannot be trusted with:
+        lease expiry, execution timeouts and queue timeouts. Sleeps until the
+        next deadline (or a wake-up: a new job or assignment may bring an
+        earlier one)."""
         while True:
             try:
-                await self._requeue_expired()
+                await self._process_due()
                 async with self._database.reading() as repository:
-                    next_expiry = await repository.next_lease_expiry()
+                    next_deadline = await repository.next_deadline()
+                timeout = None
+                if next_deadline is not None:
+                    timeout = max(0.0, (next_deadline - utc_now()).total_seconds()) + 0.02
             except Exception:  # noqa: BLE001 - the loop must survive a database hiccup
-                log.exception("lease reaper failed; retrying")
-                next_expiry = None
-            delay = lease_duration
-            if next_expiry is not None:
-                delay = min(lease_duration, max(0.0, (next_expiry - utc_now()).total_seconds()))
-            # A lease granted while we sleep expires no earlier than
-            # lease_duration from now, so sleeping at most that long is enough.
-            await asyncio.sleep(delay + 0.05)
+                log.exception("deadline check failed; retrying")
+                timeout = 1.0
+            self._wake_reaper.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake_reaper.wait(), timeout)
 
-    async def _requeue_expired(self) -> None:
+    async def _process_due(self) -> None:
+        now = utc_now()
+        async with self._database.reading() as repository:
+            next_deadline = await repository.next_deadline()
+        if next_deadline is None or next_deadline > now:
+            return
+        stops: list[tuple[str, str, str]] = []
         async with self._database.transaction() as repository:
-            rows = await repository.expired_leases(utc_now())
-            expired = [(row.job_id, row.lease_token, row.worker_id) for row in rows]
-            for row in rows:
-                _requeue(repository, row, f"lease of worker {row.worker_id} expired")
-        for job_id, token, worker_id in expired:
-            log.info("lease of job %s (worker %s) expired; requeued", job_id, worker_id)
-            self.stop_job(job_id, token, "lease_lost")
-        if expired:
-            self._wake_dispatcher.set()
+            for row in await repository.expired_leases(now):
+                stops.append((row.job_id, row.lease_token, "lease_lost"))
+                log.info("lease of job %s (worker %s) expired", row.job_id, row.worker_id)
+                await self._lose_attempt(
+                    repository,
+                    row,
+                    f"lease of worker {row.worker_id} expired",
+                    AttemptOutcome.LEASE_LOST,
+                )
+            for row in await repository.overdue_attempts(now):
+                stops.append((row.job_id, row.lease_token, "timed_out"))
+                log.info("job %s attempt %d timed out", row.job_id, row.attempt)
+                await self._attempt_failed(
+                    repository,
+                    row,
+                    JobError(
+                        "DEADLINE_EXCEEDED",
+                        f"attempt {row.attempt} ran longer than its execution timeout "
+                        f"({row.execution_timeout_seconds:g}s)",
+                        "EXECUTION_TIMEOUT",
+                    ),
+                    retryable=True,
+                    outcome_if_retried=AttemptOutcome.TIMED_OUT,
+                )
+            for row in await repository.overdue_in_queue(now):
+                log.info("job %s timed out in the queue", row.job_id)
+                fail_job(
+                    repository,
+                    row,
+                    JobError(
+                        "DEADLINE_EXCEEDED",
+                        f"no worker took the job within its queue timeout "
+                        f"({row.queue_timeout_seconds:g}s)",
+                        "QUEUE_TIMEOUT",
+                    ),
+                )
+        for job_id, token, reason in stops:
+            self.stop_job(job_id, token, reason)
+        self._wake_dispatcher.set()

@@ -131,6 +131,53 @@ class Artifact:
     size_bytes: int
 
 
+class AttemptOutcome(enum.StrEnum):
+    """How an attempt ended; values are stored in the database."""
+
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    RETRIED = "RETRIED"
+    LEASE_LOST = "LEASE_LOST"
+    TIMED_OUT = "TIMED_OUT"
+    CANCELLED = "CANCELLED"
+    HANDED_BACK = "HANDED_BACK"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt at running a job."""
+
+    number: int
+    worker_id: str
+    start_time: datetime
+    end_time: datetime | None
+    outcome: AttemptOutcome
+    error: JobError | None
+
+
+MIN_PRIORITY, MAX_PRIORITY = -10, 10
+MAX_ATTEMPTS_LIMIT = 20
+MAX_EXECUTION_TIMEOUT_SECONDS = 24 * 3600.0
+
+
+def dispatch_rank(accepted_at: datetime, priority: int, priority_step_seconds: float) -> float:
+    """Dispatch order key, smallest first: the acceptance time in epoch seconds
+    minus a head start of `priority_step_seconds` per step of priority. Higher
+    priority goes first; within a priority, older first; and a job never waits
+    behind higher-priority work submitted more than (difference in priority x
+    step) after it, so low priorities cannot starve."""
+    return accepted_at.timestamp() - priority * priority_step_seconds
+
+
+def retry_delay_seconds(failed_attempts: int, base: float, cap: float, jitter: float) -> float:
+    """Exponential backoff with "equal jitter": half the exponential delay
+    fixed, the other half scaled by `jitter` (a number in [0, 1), random in
+    production) so retries of many jobs that failed together spread out."""
+    exponential = min(cap, base * 2 ** max(0, failed_attempts - 1))
+    return exponential / 2 + exponential / 2 * jitter
+
+
 @dataclass(frozen=True)
 class Job:
     """A job as stored."""
@@ -156,6 +203,11 @@ class Job:
     start_time: datetime | None
     end_time: datetime | None
     last_event_sequence: int
+    priority: int = 0
+    execution_timeout_seconds: float = 0.0
+    queue_timeout_seconds: float | None = None
+    next_attempt_time: datetime | None = None
+    attempts: tuple[Attempt, ...] = ()
     worker_id: str | None = None
     lease_token: str | None = None
 
@@ -185,3 +237,4 @@ class Assignment:
     parameters: dict[str, Any]
     output_prefix: StorageKey
     lease_expire_time: datetime
+    execution_deadline: datetime

@@ -93,14 +93,21 @@ def build_job_service(settings: JobServiceSettings) -> JobServiceApp:
         DispatchSettings(
             heartbeat_interval=settings.heartbeat_interval,
             lease_duration=settings.lease_duration,
+            retry_backoff_base=settings.retry_backoff_base,
+            retry_backoff_max=settings.retry_backoff_max,
+            max_lease_losses=settings.max_lease_losses,
         ),
+        blob_store,
     )
     submit = SubmitService(
         database,
         blob_store,
         builtin_catalogue(),
         SubmitLimits(
-            max_upload_bytes=settings.max_upload_bytes, max_attempts=settings.max_attempts
+            max_upload_bytes=settings.max_upload_bytes,
+            max_attempts=settings.max_attempts,
+            priority_step=settings.priority_step,
+            default_queue_timeout=settings.default_queue_timeout,
         ),
         on_job_queued=coordinator.job_queued,
     )

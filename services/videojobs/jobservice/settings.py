@@ -20,6 +20,11 @@ class JobServiceSettings:
     heartbeat_interval: float = 2.0
     lease_duration: float = 10.0
     shutdown_grace: float = 5.0
+    retry_backoff_base: float = 1.0
+    retry_backoff_max: float = 60.0
+    max_lease_losses: int = 10
+    priority_step: float = 300.0
+    default_queue_timeout: float = 0.0
     log_level: str = "INFO"
 
 
@@ -96,6 +101,46 @@ def parse_settings(argv: list[str] | None = None) -> JobServiceSettings:
         "seconds in-flight calls get to finish at shutdown",
         float,
     )
+    add_option(
+        parser,
+        "--retry-backoff-base",
+        "VIDEOJOBS_RETRY_BACKOFF_BASE",
+        1.0,
+        "seconds before the first retry of a failed attempt (doubles each time)",
+        float,
+    )
+    add_option(
+        parser,
+        "--retry-backoff-max",
+        "VIDEOJOBS_RETRY_BACKOFF_MAX",
+        60.0,
+        "longest wait between retries",
+        float,
+    )
+    add_option(
+        parser,
+        "--max-lease-losses",
+        "VIDEOJOBS_MAX_LEASE_LOSSES",
+        10,
+        "times a job may lose its worker before it fails",
+        int,
+    )
+    add_option(
+        parser,
+        "--priority-step",
+        "VIDEOJOBS_PRIORITY_STEP",
+        300.0,
+        "seconds of queue head start one step of priority is worth",
+        float,
+    )
+    add_option(
+        parser,
+        "--default-queue-timeout",
+        "VIDEOJOBS_DEFAULT_QUEUE_TIMEOUT",
+        0.0,
+        "seconds a job may wait in the queue unless it says otherwise (0: no limit)",
+        float,
+    )
     add_option(parser, "--log-level", "VIDEOJOBS_LOG_LEVEL", "INFO", "logging level")
     args = parser.parse_args(argv)
     if args.heartbeat_interval <= 0 or args.lease_duration <= args.heartbeat_interval:
@@ -110,5 +155,10 @@ def parse_settings(argv: list[str] | None = None) -> JobServiceSettings:
         heartbeat_interval=args.heartbeat_interval,
         lease_duration=args.lease_duration,
         shutdown_grace=args.shutdown_grace,
+        retry_backoff_base=args.retry_backoff_base,
+        retry_backoff_max=args.retry_backoff_max,
+        max_lease_losses=args.max_lease_losses,
+        priority_step=args.priority_step,
+        default_queue_timeout=args.default_queue_timeout,
         log_level=args.log_level,
     )

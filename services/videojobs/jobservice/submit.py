@@ -15,15 +15,21 @@ import logging
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
 from videojobs.common import errors
 from videojobs.jobservice.domain import (
+    MAX_ATTEMPTS_LIMIT,
+    MAX_EXECUTION_TIMEOUT_SECONDS,
+    MAX_PRIORITY,
+    MIN_PRIORITY,
     EventKind,
     Job,
     JobState,
+    dispatch_rank,
     input_key_for,
     new_job_id,
     utc_now,
@@ -55,6 +61,10 @@ class UploadHeader:
     request_id: str = ""
     expected_size_bytes: int = 0
     expected_sha256: str = ""
+    max_attempts: int = 0
+    priority: int = 0
+    execution_timeout_seconds: float | None = None
+    queue_timeout_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,8 @@ class SubmitLimits:
 
     max_upload_bytes: int
     max_attempts: int = 3
+    priority_step: float = 300.0
+    default_queue_timeout: float = 0.0
 
 
 class SubmitService:
@@ -104,6 +116,18 @@ class SubmitService:
             raise self._too_large()
         if header.expected_sha256 and not _SHA256.fullmatch(header.expected_sha256):
             violations.append(("header.expected_sha256", "64 lowercase hexadecimal characters"))
+        if not 0 <= header.max_attempts <= MAX_ATTEMPTS_LIMIT:
+            violations.append(
+                ("header.max_attempts", f"0 (server default) to {MAX_ATTEMPTS_LIMIT}")
+            )
+        if not MIN_PRIORITY <= header.priority <= MAX_PRIORITY:
+            violations.append(("header.priority", f"{MIN_PRIORITY} to {MAX_PRIORITY}"))
+        for name, value in (
+            ("header.execution_timeout", header.execution_timeout_seconds),
+            ("header.queue_timeout", header.queue_timeout_seconds),
+        ):
+            if value is not None and not 0 < value <= MAX_EXECUTION_TIMEOUT_SECONDS:
+                violations.append((name, "more than 0 and at most 24 hours"))
         parameters: dict[str, Any] = {}
         if not header.pipeline:
             violations.append(("header.pipeline", "is required"))
@@ -206,7 +230,18 @@ class SubmitService:
         size: int,
         sha256: str,
     ) -> tuple[Job, bool]:
-        fingerprint = _fingerprint(header.pipeline, parameters, size, sha256)
+        options = {
+            "max_attempts": header.max_attempts,
+            "priority": header.priority,
+            "execution_timeout": header.execution_timeout_seconds,
+            "queue_timeout": header.queue_timeout_seconds,
+        }
+        fingerprint = _fingerprint(header.pipeline, parameters, options, size, sha256)
+        spec = self._catalogue.spec(header.pipeline)
+        execution_timeout = (
+            header.execution_timeout_seconds or spec.default_execution_timeout_seconds
+        )
+        queue_timeout = header.queue_timeout_seconds or self._limits.default_queue_timeout or None
         request_id = header.request_id or None
         for _ in range(2):
             try:
@@ -217,6 +252,17 @@ class SubmitService:
                             return await self._repeat(repository, existing, fingerprint), False
                     now = utc_now()
                     row = JobRow(
+                        priority=header.priority,
+                        dispatch_rank=dispatch_rank(
+                            now, header.priority, self._limits.priority_step
+                        ),
+                        execution_timeout_seconds=execution_timeout,
+                        queue_timeout_seconds=queue_timeout,
+                        queue_deadline_at=(
+                            now + timedelta(seconds=queue_timeout) if queue_timeout else None
+                        ),
+                        failed_attempts=0,
+                        lease_losses=0,
                         job_id=job_id,
                         request_id=request_id,
                         request_fingerprint=fingerprint if request_id else None,
@@ -224,7 +270,7 @@ class SubmitService:
                         parameters=parameters,
                         state=JobState.QUEUED.value,
                         attempt=1,
-                        max_attempts=self._limits.max_attempts,
+                        max_attempts=header.max_attempts or self._limits.max_attempts,
                         file_name=header.file_name,
                         input_key=input_key.value,
                         input_size_bytes=size,
@@ -269,6 +315,8 @@ def _extension_of(file_name: str) -> str:
     return extension if _EXTENSION.fullmatch(extension) else ""
 
 
-def _fingerprint(pipeline: str, parameters: dict[str, Any], size: int, sha256: str) -> str:
-    canonical = json.dumps([pipeline, parameters, size, sha256], sort_keys=True)
+def _fingerprint(
+    pipeline: str, parameters: dict[str, Any], options: dict[str, Any], size: int, sha256: str
+) -> str:
+    canonical = json.dumps([pipeline, parameters, options, size, sha256], sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()

@@ -70,6 +70,8 @@ class PipelineSpec:
     version: str
     description: str
     parameters: tuple[ParameterSpec, ...] = field(default_factory=tuple)
+    # Longest run of one attempt unless a job says otherwise at submit.
+    default_execution_timeout_seconds: float = 600.0
 
     def validate(self, given: Mapping[str, Any], field_prefix: str = "parameters") -> dict:
         """Returns the full parameter set (defaults filled in), or raises ParameterError

@@ -20,10 +20,12 @@ class StopReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STOP_REASON_CANCELLED: _ClassVar[StopReason]
     STOP_REASON_LEASE_LOST: _ClassVar[StopReason]
     STOP_REASON_JOB_ENDED: _ClassVar[StopReason]
+    STOP_REASON_TIMED_OUT: _ClassVar[StopReason]
 STOP_REASON_UNSPECIFIED: StopReason
 STOP_REASON_CANCELLED: StopReason
 STOP_REASON_LEASE_LOST: StopReason
 STOP_REASON_JOB_ENDED: StopReason
+STOP_REASON_TIMED_OUT: StopReason
 
 class ConnectRequest(_message.Message):
     __slots__ = ("hello", "heartbeat", "progress", "partial_result", "completion", "failure", "stopped")
@@ -146,7 +148,7 @@ class Welcome(_message.Message):
     def __init__(self, heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("job_id", "attempt", "lease_token", "input_key", "pipeline", "parameters", "output_prefix", "lease_expire_time")
+    __slots__ = ("job_id", "attempt", "lease_token", "input_key", "pipeline", "parameters", "output_prefix", "lease_expire_time", "execution_deadline")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     LEASE_TOKEN_FIELD_NUMBER: _ClassVar[int]
@@ -155,6 +157,7 @@ class Assignment(_message.Message):
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_PREFIX_FIELD_NUMBER: _ClassVar[int]
     LEASE_EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    EXECUTION_DEADLINE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     attempt: int
     lease_token: str
@@ -163,7 +166,8 @@ class Assignment(_message.Message):
     parameters: _struct_pb2.Struct
     output_prefix: str
     lease_expire_time: _timestamp_pb2.Timestamp
-    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., lease_token: _Optional[str] = ..., input_key: _Optional[str] = ..., pipeline: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., output_prefix: _Optional[str] = ..., lease_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    execution_deadline: _timestamp_pb2.Timestamp
+    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., lease_token: _Optional[str] = ..., input_key: _Optional[str] = ..., pipeline: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., output_prefix: _Optional[str] = ..., lease_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., execution_deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class StopJob(_message.Message):
     __slots__ = ("job_id", "lease_token", "reason")

@@ -1,3 +1,6 @@
+import datetime
+
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from videojobs.v1 import job_pb2 as _job_pb2
 from google.protobuf.internal import containers as _containers
@@ -17,20 +20,28 @@ class SubmitVideoRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
 class UploadHeader(_message.Message):
-    __slots__ = ("file_name", "pipeline", "parameters", "request_id", "expected_size_bytes", "expected_sha256")
+    __slots__ = ("file_name", "pipeline", "parameters", "request_id", "expected_size_bytes", "expected_sha256", "max_attempts", "priority", "execution_timeout", "queue_timeout")
     FILE_NAME_FIELD_NUMBER: _ClassVar[int]
     PIPELINE_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_SHA256_FIELD_NUMBER: _ClassVar[int]
+    MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    EXECUTION_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     file_name: str
     pipeline: str
     parameters: _struct_pb2.Struct
     request_id: str
     expected_size_bytes: int
     expected_sha256: str
-    def __init__(self, file_name: _Optional[str] = ..., pipeline: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., request_id: _Optional[str] = ..., expected_size_bytes: _Optional[int] = ..., expected_sha256: _Optional[str] = ...) -> None: ...
+    max_attempts: int
+    priority: int
+    execution_timeout: _duration_pb2.Duration
+    queue_timeout: _duration_pb2.Duration
+    def __init__(self, file_name: _Optional[str] = ..., pipeline: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., request_id: _Optional[str] = ..., expected_size_bytes: _Optional[int] = ..., expected_sha256: _Optional[str] = ..., max_attempts: _Optional[int] = ..., priority: _Optional[int] = ..., execution_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., queue_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class SubmitVideoResponse(_message.Message):
     __slots__ = ("job",)

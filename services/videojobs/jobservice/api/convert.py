@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from google.protobuf import any_pb2, json_format, struct_pb2, timestamp_pb2
+from google.protobuf import any_pb2, duration_pb2, json_format, struct_pb2, timestamp_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from videojobs.common.errors import ERROR_DOMAIN
@@ -29,6 +29,31 @@ def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(value)
     return stamp
+
+
+def duration(seconds: float | None) -> duration_pb2.Duration | None:
+    """A protobuf Duration, or None."""
+    if seconds is None:
+        return None
+    value = duration_pb2.Duration()
+    value.FromNanoseconds(int(seconds * 1e9))
+    return value
+
+
+def attempt(value: domain.Attempt) -> job_pb2.Attempt:
+    """An Attempt message."""
+    message = job_pb2.Attempt(
+        number=value.number,
+        worker_id=value.worker_id,
+        start_time=timestamp(value.start_time),
+        end_time=timestamp(value.end_time),
+        outcome=job_pb2.AttemptOutcome.Value(f"ATTEMPT_OUTCOME_{value.outcome.value}"),
+    )
+    if value.error is not None:
+        message.error.CopyFrom(
+            error_status(value.error.code, value.error.message, value.error.reason, {})
+        )
+    return message
 
 
 def struct(value: dict[str, Any] | None) -> struct_pb2.Struct | None:
@@ -84,6 +109,12 @@ def job(value: domain.Job) -> job_pb2.Job:
         input_sha256=value.input_sha256,
         request_id=value.request_id or "",
         last_event_sequence=value.last_event_sequence,
+        max_attempts=value.max_attempts,
+        priority=value.priority,
+        execution_timeout=duration(value.execution_timeout_seconds),
+        queue_timeout=duration(value.queue_timeout_seconds),
+        attempts=[attempt(a) for a in value.attempts],
+        next_attempt_time=timestamp(value.next_attempt_time),
     )
     if value.error is not None:
         message.error.CopyFrom(

@@ -36,6 +36,7 @@ _STOP_REASONS = {
     "cancelled": pb.STOP_REASON_CANCELLED,
     "lease_lost": pb.STOP_REASON_LEASE_LOST,
     "job_ended": pb.STOP_REASON_JOB_ENDED,
+    "timed_out": pb.STOP_REASON_TIMED_OUT,
 }
 _END_OF_STREAM = object()
 
@@ -220,5 +221,6 @@ def _to_response(item: Assignment | StopOrder) -> pb.ConnectResponse:
             parameters=convert.struct(item.parameters),
             output_prefix=item.output_prefix.value,
             lease_expire_time=convert.timestamp(item.lease_expire_time),
+            execution_deadline=convert.timestamp(item.execution_deadline),
         )
     )

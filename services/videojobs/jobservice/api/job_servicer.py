@@ -49,6 +49,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             request_id=header.request_id,
             expected_size_bytes=header.expected_size_bytes,
             expected_sha256=header.expected_sha256,
+            max_attempts=header.max_attempts,
+            priority=header.priority,
+            execution_timeout_seconds=_seconds_or_none(header, "execution_timeout"),
+            queue_timeout_seconds=_seconds_or_none(header, "queue_timeout"),
         )
         job = await self._submit.submit(upload, _chunks(request_iterator))
         return job_service_pb2.SubmitVideoResponse(job=convert.job(job))
@@ -91,6 +95,13 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def CancelJob(self, request, context) -> job_service_pb2.CancelJobResponse:
         job = await self._cancel.cancel(request.job_id, request.reason)
         return job_service_pb2.CancelJobResponse(job=convert.job(job))
+
+
+def _seconds_or_none(message, field_name: str) -> float | None:
+    """A Duration field in seconds, or None when it is unset."""
+    if not message.HasField(field_name):
+        return None
+    return getattr(message, field_name).ToTimedelta().total_seconds()
 
 
 async def _chunks(request_iterator) -> AsyncIterator[bytes]:

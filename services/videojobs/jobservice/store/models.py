@@ -86,15 +86,46 @@ class JobRow(Base):
     lease_token: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     last_sequence: Mapped[int] = mapped_column(Integer, default=0)
+    # Dispatch order: accepted-at (epoch seconds) minus the priority head start.
+    # Server defaults let a replica of the previous version insert rows during
+    # a rolling upgrade (migration 0002).
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    dispatch_rank: Mapped[float] = mapped_column(Float, server_default="0")
+    # A job backing off after a failure is not dispatched before this.
+    available_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    execution_timeout_seconds: Mapped[float] = mapped_column(Float, server_default="600.0")
+    execution_deadline_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    queue_timeout_seconds: Mapped[float | None] = mapped_column(Float)
+    queue_deadline_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    failed_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    lease_losses: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
     __table_args__ = (
-        Index("ix_jobs_state_pipeline_position", "state", "pipeline", "position"),
+        Index("ix_jobs_state_pipeline_dispatch_rank", "state", "pipeline", "dispatch_rank"),
         Index("ix_jobs_state_lease_expires_at", "state", "lease_expires_at"),
+        Index("ix_jobs_state_execution_deadline_at", "state", "execution_deadline_at"),
+        Index("ix_jobs_state_queue_deadline_at", "state", "queue_deadline_at"),
     )
+
+
+class AttemptRow(Base):
+    """One attempt at running a job: who ran it, when, and how it ended."""
+
+    __tablename__ = "job_attempts"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.job_id"), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    worker_id: Mapped[str] = mapped_column(String(128))
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    outcome: Mapped[str] = mapped_column(String(16))
+    error_code: Mapped[str | None] = mapped_column(String(32))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    error_reason: Mapped[str | None] = mapped_column(String(64))
 
 
 class ArtifactRow(Base):

@@ -8,7 +8,7 @@ event that reports it are always written together.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, type_coerce, update
@@ -16,6 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from videojobs.jobservice.domain import (
     Artifact,
+    Attempt,
+    AttemptOutcome,
     EventKind,
     Job,
     JobError,
@@ -24,7 +26,13 @@ from videojobs.jobservice.domain import (
     check_transition,
     utc_now,
 )
-from videojobs.jobservice.store.models import ArtifactRow, EventRow, JobRow, UtcDateTime
+from videojobs.jobservice.store.models import (
+    ArtifactRow,
+    AttemptRow,
+    EventRow,
+    JobRow,
+    UtcDateTime,
+)
 from videojobs.storage import StorageKey
 
 
@@ -71,8 +79,13 @@ class JobRepository:
         if before_position is not None:
             statement = statement.where(JobRow.position < before_position)
         rows = (await self.session.execute(statement)).scalars().all()
-        artifacts = await self._artifacts_for([r.job_id for r in rows])
-        return [(r.position, _to_job(r, artifacts.get(r.job_id, ()))) for r in rows]
+        ids = [r.job_id for r in rows]
+        artifacts = await self._artifacts_for(ids)
+        attempts = await self._attempts_for(ids)
+        return [
+            (r.position, _to_job(r, artifacts.get(r.job_id, ()), attempts.get(r.job_id, ())))
+            for r in rows
+        ]
 
     async def events_after(self, job_id: str, after_sequence: int, limit: int) -> list[JobEvent]:
         """Stored events of a job with sequence > `after_sequence`, in order."""
@@ -97,21 +110,47 @@ class JobRepository:
 
     async def expired_leases(self, now: datetime, limit: int = 100) -> list[JobRow]:
         """Running jobs whose lease ran out."""
+        return await self._due(JobState.RUNNING, JobRow.lease_expires_at, now, limit)
+
+    async def overdue_attempts(self, now: datetime, limit: int = 100) -> list[JobRow]:
+        """Running jobs past their execution deadline."""
+        return await self._due(JobState.RUNNING, JobRow.execution_deadline_at, now, limit)
+
+    async def overdue_in_queue(self, now: datetime, limit: int = 100) -> list[JobRow]:
+        """Queued jobs past their queue deadline."""
+        return await self._due(JobState.QUEUED, JobRow.queue_deadline_at, now, limit)
+
+    async def _due(self, state: JobState, column, now: datetime, limit: int) -> list[JobRow]:
         statement = (
             select(JobRow)
-            .where(JobRow.state == JobState.RUNNING.value, JobRow.lease_expires_at <= now)
-            .order_by(JobRow.lease_expires_at)
+            .where(JobRow.state == state.value, column <= now)
+            .order_by(column)
             .limit(limit)
         )
         return list((await self.session.execute(statement)).scalars().all())
 
-    async def next_lease_expiry(self) -> datetime | None:
-        """The earliest lease expiry among running jobs."""
+    async def next_deadline(self) -> datetime | None:
+        """The earliest lease expiry, execution deadline or queue deadline."""
+        candidates = [
+            await self._earliest(JobState.RUNNING, JobRow.lease_expires_at),
+            await self._earliest(JobState.RUNNING, JobRow.execution_deadline_at),
+            await self._earliest(JobState.QUEUED, JobRow.queue_deadline_at),
+        ]
+        present = [c for c in candidates if c is not None]
+        return min(present) if present else None
+
+    async def next_available_at(self, now: datetime) -> datetime | None:
+        """When the next queued job that is backing off becomes eligible."""
+        return await self._earliest(JobState.QUEUED, JobRow.available_at, after=now)
+
+    async def _earliest(self, state: JobState, column, after: datetime | None = None):
         # type_coerce keeps the UTC column type on the aggregate, so the value
         # comes back timezone-aware like every other instant.
-        statement = select(type_coerce(func.min(JobRow.lease_expires_at), UtcDateTime)).where(
-            JobRow.state == JobState.RUNNING.value
+        statement = select(type_coerce(func.min(column), UtcDateTime)).where(
+            JobRow.state == state.value
         )
+        if after is not None:
+            statement = statement.where(column > after)
         return (await self.session.execute(statement)).scalar_one_or_none()
 
     async def count_by_state(self) -> dict[str, int]:
@@ -131,35 +170,44 @@ class JobRepository:
         """Sends staged changes (raises IntegrityError on a unique-key clash)."""
         await self.session.flush()
 
-    async def claim_oldest_queued(
+    async def claim_next_queued(
         self, pipelines: Iterable[str], worker_id: str, lease_token: str, lease_expires_at: datetime
     ) -> JobRow | None:
-        """Atomically moves the oldest queued job of one of `pipelines` to RUNNING.
+        """Atomically moves the first eligible queued job of one of `pipelines`
+        (smallest dispatch rank, not backing off) to RUNNING, and opens its
+        attempt record.
 
         Compare-and-set on the state: two job-service replicas racing for one
         job both try, exactly one update matches, the loser tries the next job.
         """
         names = list(pipelines)
         for _ in range(8):
+            now = utc_now()
             candidate = (
                 await self.session.execute(
-                    select(JobRow.job_id)
-                    .where(JobRow.state == JobState.QUEUED.value, JobRow.pipeline.in_(names))
-                    .order_by(JobRow.position)
+                    select(JobRow.job_id, JobRow.execution_timeout_seconds)
+                    .where(
+                        JobRow.state == JobState.QUEUED.value,
+                        JobRow.pipeline.in_(names),
+                        (JobRow.available_at.is_(None)) | (JobRow.available_at <= now),
+                    )
+                    .order_by(JobRow.dispatch_rank, JobRow.position)
                     .limit(1)
                 )
-            ).scalar_one_or_none()
+            ).one_or_none()
             if candidate is None:
                 return None
-            now = utc_now()
+            job_id, timeout_seconds = candidate
             result = await self.session.execute(
                 update(JobRow)
-                .where(JobRow.job_id == candidate, JobRow.state == JobState.QUEUED.value)
+                .where(JobRow.job_id == job_id, JobRow.state == JobState.QUEUED.value)
                 .values(
                     state=JobState.RUNNING.value,
                     worker_id=worker_id,
                     lease_token=lease_token,
                     lease_expires_at=lease_expires_at,
+                    execution_deadline_at=now + timedelta(seconds=timeout_seconds),
+                    available_at=None,
                     started_at=now,
                     updated_at=now,
                     progress_fraction=0.0,
@@ -168,10 +216,33 @@ class JobRepository:
                 .execution_options(synchronize_session=False)
             )
             if result.rowcount == 1:
-                row = await self.get_row(candidate)
+                row = await self.get_row(job_id)
                 await self.session.refresh(row)
+                self.session.add(
+                    AttemptRow(
+                        job_id=job_id,
+                        number=row.attempt,
+                        worker_id=worker_id,
+                        started_at=now,
+                        outcome=AttemptOutcome.RUNNING.value,
+                    )
+                )
                 return row
         return None
+
+    async def close_attempt(
+        self, row: JobRow, outcome: AttemptOutcome, error: JobError | None = None
+    ) -> None:
+        """Records how the job's current attempt ended (if it is open)."""
+        attempt = await self.session.get(AttemptRow, (row.job_id, row.attempt))
+        if attempt is None or attempt.outcome != AttemptOutcome.RUNNING.value:
+            return
+        attempt.outcome = outcome.value
+        attempt.ended_at = utc_now()
+        if error is not None:
+            attempt.error_code = error.code
+            attempt.error_message = error.message
+            attempt.error_reason = error.reason
 
     async def renew_leases(self, lease_tokens: Iterable[str], lease_expires_at: datetime) -> int:
         """Extends the running leases named by `lease_tokens`; returns how many."""
@@ -245,9 +316,35 @@ class JobRepository:
     # -- mapping -------------------------------------------------------------
 
     async def to_domain(self, row: JobRow) -> Job:
-        """The domain Job of `row`, with its artifacts."""
+        """The domain Job of `row`, with its artifacts and attempts."""
         artifacts = await self._artifacts_for([row.job_id])
-        return _to_job(row, artifacts.get(row.job_id, ()))
+        attempts = await self._attempts_for([row.job_id])
+        return _to_job(row, artifacts.get(row.job_id, ()), attempts.get(row.job_id, ()))
+
+    async def _attempts_for(self, job_ids: list[str]) -> dict[str, tuple[Attempt, ...]]:
+        if not job_ids:
+            return {}
+        statement = (
+            select(AttemptRow)
+            .where(AttemptRow.job_id.in_(job_ids))
+            .order_by(AttemptRow.job_id, AttemptRow.number)
+        )
+        found: dict[str, list[Attempt]] = {}
+        for row in (await self.session.execute(statement)).scalars():
+            error = None
+            if row.error_code:
+                error = JobError(row.error_code, row.error_message or "", row.error_reason or "")
+            found.setdefault(row.job_id, []).append(
+                Attempt(
+                    number=row.number,
+                    worker_id=row.worker_id,
+                    start_time=row.started_at,
+                    end_time=row.ended_at,
+                    outcome=AttemptOutcome(row.outcome),
+                    error=error,
+                )
+            )
+        return {job_id: tuple(items) for job_id, items in found.items()}
 
     async def _artifacts_for(self, job_ids: list[str]) -> dict[str, tuple[Artifact, ...]]:
         if not job_ids:
@@ -265,7 +362,9 @@ class JobRepository:
         return {job_id: tuple(items) for job_id, items in found.items()}
 
 
-def _to_job(row: JobRow, artifacts: tuple[Artifact, ...]) -> Job:
+def _to_job(
+    row: JobRow, artifacts: tuple[Artifact, ...], attempts: tuple[Attempt, ...] = ()
+) -> Job:
     # Keys read back from the database go through StorageKey again: a row
     # written by an older (or buggy) version cannot smuggle a host path out.
     error = None
@@ -298,6 +397,11 @@ def _to_job(row: JobRow, artifacts: tuple[Artifact, ...]) -> Job:
         start_time=row.started_at,
         end_time=row.ended_at,
         last_event_sequence=row.last_sequence,
+        priority=row.priority,
+        execution_timeout_seconds=row.execution_timeout_seconds,
+        queue_timeout_seconds=row.queue_timeout_seconds,
+        next_attempt_time=row.available_at if row.state == JobState.QUEUED.value else None,
+        attempts=attempts,
         worker_id=row.worker_id,
         lease_token=row.lease_token,
     )
