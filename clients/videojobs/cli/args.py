@@ -127,6 +127,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     submit.add_argument("--request-id", help="idempotency key: a repeat returns the same job")
     submit.add_argument(
+        "--priority", type=int, default=0, help="-10 (lowest) to 10 (highest); default 0"
+    )
+    submit.add_argument(
+        "--max-attempts", type=int, default=0, help="attempts whose failures are retried"
+    )
+    submit.add_argument(
+        "--execution-timeout", type=float, metavar="SECONDS", help="longest run of one attempt"
+    )
+    submit.add_argument(
+        "--queue-timeout", type=float, metavar="SECONDS", help="longest wait in the queue"
+    )
+    submit.add_argument(
         "--wait",
         action="store_true",
         help="follow the job to its end; exit 1 unless it succeeds",

@@ -26,7 +26,7 @@ from videojobs.cli.render import (
     jobs_table,
     to_json,
 )
-from videojobs.client import JobClient, VideoJobsError
+from videojobs.client import JobClient, JobOptions, VideoJobsError
 from videojobs.v1 import job_pb2, job_service_pb2
 
 EXIT_OK = 0
@@ -86,6 +86,12 @@ def submit_command(client: JobClient, args: argparse.Namespace) -> int:
                 pipeline=args.pipeline,
                 parameters=args.params,
                 request_id=args.request_id,
+                options=JobOptions(
+                    max_attempts=args.max_attempts,
+                    priority=args.priority,
+                    execution_timeout=args.execution_timeout,
+                    queue_timeout=args.queue_timeout,
+                ),
                 on_upload_progress=display.upload,
             )
         except OSError as error:

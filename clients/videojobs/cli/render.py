@@ -144,8 +144,20 @@ def format_job_summary(job: job_pb2.Job) -> list[str]:
         rows.append(("parameters", format_struct(job.parameters)))
     rows += [
         ("attempt", str(job.attempt)),
+        ("priority", str(job.priority)),
         ("progress", _format_progress(job.progress)),
     ]
+    if job.HasField("next_attempt_time"):
+        rows.append(("retry at", format_time(job.next_attempt_time)))
+    for index, attempt in enumerate(job.attempts):
+        outcome = job_pb2.AttemptOutcome.Name(attempt.outcome).removeprefix("ATTEMPT_OUTCOME_")
+        text = f"#{attempt.number} on {attempt.worker_id}: {outcome}"
+        text += f", {format_time(attempt.start_time)}"
+        if attempt.HasField("end_time"):
+            text += f" - {format_time(attempt.end_time)}"
+        if attempt.HasField("error"):
+            text += f" ({attempt.error.message})"
+        rows.append(("attempts" if index == 0 else "", text))
     if job.file_name or job.input_size_bytes:
         file_text = f"{job.file_name or _UNSET}, {format_bytes(job.input_size_bytes)}"
         rows.append(("file", file_text))

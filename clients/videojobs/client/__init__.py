@@ -20,6 +20,7 @@ from videojobs.client.events import (
     is_terminal_state,
 )
 from videojobs.client.requests import (
+    JobOptions,
     UploadFile,
     UploadRequestStream,
     job_state_name,
@@ -35,6 +36,7 @@ __all__ = [
     "TERMINAL_STATES",
     "AsyncJobClient",
     "JobClient",
+    "JobOptions",
     "ReconnectBackoff",
     "UploadFile",
     "UploadRequestStream",

@@ -22,6 +22,30 @@ UploadProgressCallback = Callable[[int, int], None]
 _STATE_PREFIX = "JOB_STATE_"
 
 
+@dataclass(frozen=True)
+class JobOptions:
+    """How a job is run, beyond its pipeline and parameters (all optional).
+
+    `max_attempts`: attempts whose failures are retried (0: the server's default);
+    `priority`: -10 to 10, higher first; `execution_timeout` and `queue_timeout`:
+    seconds (None: the pipeline's / server's default).
+    """
+
+    max_attempts: int = 0
+    priority: int = 0
+    execution_timeout: float | None = None
+    queue_timeout: float | None = None
+
+    def apply(self, header: job_service_pb2.UploadHeader) -> None:
+        """Writes these options into an upload header."""
+        header.max_attempts = self.max_attempts
+        header.priority = self.priority
+        if self.execution_timeout is not None:
+            header.execution_timeout.FromNanoseconds(int(self.execution_timeout * 1e9))
+        if self.queue_timeout is not None:
+            header.queue_timeout.FromNanoseconds(int(self.queue_timeout * 1e9))
+
+
 def to_struct(values: Mapping[str, Any] | None) -> struct_pb2.Struct:
     """Converts a JSON-like dict (str keys; str, number, bool, None, list and
     dict values) to a `google.protobuf.Struct`. Numbers become doubles, as
@@ -149,6 +173,7 @@ class UploadRequestStream:
         pipeline: str,
         parameters: Mapping[str, Any] | None = None,
         request_id: str | None = None,
+        options: JobOptions | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         on_progress: UploadProgressCallback | None = None,
     ) -> None:
@@ -166,6 +191,7 @@ class UploadRequestStream:
                 expected_sha256=upload.sha256,
             )
         )
+        (options or JobOptions()).apply(self.header.header)
         self.bytes_sent = 0
         self.read_error: OSError | None = None
         self._on_progress = on_progress

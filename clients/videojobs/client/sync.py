@@ -14,6 +14,7 @@ from videojobs.client.defaults import DEFAULT_ADDRESS, DEFAULT_CHUNK_SIZE, RECON
 from videojobs.client.errors import VideoJobsError, rpc_errors_raised_as_videojobs_errors
 from videojobs.client.events import EventCallback, FollowCursor
 from videojobs.client.requests import (
+    JobOptions,
     UploadFile,
     UploadProgressCallback,
     UploadRequestStream,
@@ -66,6 +67,7 @@ class JobClient:
         pipeline: str = "probe",
         parameters: Mapping[str, Any] | None = None,
         request_id: str | None = None,
+        options: JobOptions | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         on_upload_progress: UploadProgressCallback | None = None,
     ) -> job_pb2.Job:
@@ -87,6 +89,7 @@ class JobClient:
             pipeline=pipeline,
             parameters=parameters,
             request_id=request_id,
+            options=options,
             chunk_size=chunk_size,
             on_progress=on_upload_progress,
         )
