@@ -157,9 +157,7 @@ def test_submit_wait_json_reports_the_encoded_numbers_and_every_command_agrees(s
     )
 
 
-def test_refused_commands_exit_with_the_documented_codes_and_create_no_job(
-    stack, video, tmp_path
-):
+def test_refused_commands_exit_with_the_documented_codes_and_create_no_job(stack, video, tmp_path):
     stack.start_server()  # nothing here needs a worker
 
     malformed = stack.cli("status", "0123", check=False)

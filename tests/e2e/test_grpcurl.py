@@ -70,7 +70,9 @@ def test_reflection_lists_and_describes_the_services(running):
     }, methods
 
     service = grpcurl_ok(stack.address, "describe", "videojobs.v1.JobService")
-    rpcs = {line.split()[1]: line for line in service.splitlines() if line.strip().startswith("rpc ")}
+    rpcs = {
+        line.split()[1]: line for line in service.splitlines() if line.strip().startswith("rpc ")
+    }
     assert "( stream .videojobs.v1.SubmitVideoRequest )" in rpcs["SubmitVideo"], service
     assert "returns ( .videojobs.v1.SubmitVideoResponse )" in rpcs["SubmitVideo"], service
     assert "returns ( stream .videojobs.v1.StreamResultsResponse )" in rpcs["StreamResults"]
@@ -106,9 +108,7 @@ def test_json_calls_return_the_job_and_the_worker_status(running, tmp_path):
     assert job["summary"]["frame_count"] == 15
     assert (job["summary"]["width"], job["summary"]["height"]) == (160, 96)
 
-    status = json.loads(
-        grpcurl_ok(worker.address, "videojobs.v1.WorkerService/GetWorkerStatus")
-    )
+    status = json.loads(grpcurl_ok(worker.address, "videojobs.v1.WorkerService/GetWorkerStatus"))
     assert status["worker_id"] == "curl-worker"
     assert status["connected"] is True
     assert status["pipelines"] == ["probe"]

@@ -205,6 +205,8 @@ async def test_stopped_job_is_handed_back_at_once(job_service, sample_mp4):
     job = await submit(job_service.stub, sample_mp4)
     async with ScriptedWorker(job_service.address, worker_id="leaving") as worker:
         assignment = await worker.next("assignment")
+        # As a draining worker does: announce the drain, then give the job back.
+        worker.heartbeat(assignment, draining=True)
         worker.send(
             stopped=dpb.JobStoppedReport(job_id=job.job_id, lease_token=assignment.lease_token)
         )

@@ -582,6 +582,9 @@ class DispatchCoordinator:
         next deadline (or a wake-up: a new job or assignment may bring an
         earlier one)."""
         while True:
+            # Cleared before reading the database, so a wake-up that arrives
+            # while we read is not lost.
+            self._wake_reaper.clear()
             try:
                 await self._process_due()
                 async with self._database.reading() as repository:
@@ -592,7 +595,6 @@ class DispatchCoordinator:
             except Exception:  # noqa: BLE001 - the loop must survive a database hiccup
                 log.exception("deadline check failed; retrying")
                 timeout = 1.0
-            self._wake_reaper.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake_reaper.wait(), timeout)
 
