@@ -215,12 +215,16 @@ async def test_silent_worker_loses_its_lease_at_expiry(start_job_service, sample
         stop = await silent.next("stop_job", timeout=5)
         assert stop.job_id == job.job_id
         assert stop.reason == dpb.STOP_REASON_LEASE_LOST
-        # Its slot is free again, so the requeued job comes back as attempt 2.
-        second = await silent.next("assignment")
-        assert (second.job_id, second.attempt) == (job.job_id, 2)
-        # The late completion of attempt 1 is refused; attempt 2's is recorded.
+        # An unresponsive worker gets no new job, not even the one it lost.
+        with pytest.raises(TimeoutError):
+            await silent.next("assignment", timeout=0.5)
+        # It wakes up: its late completion of attempt 1 is refused...
         silent.complete(first)
         assert (await silent.next("stop_job")).reason == dpb.STOP_REASON_LEASE_LOST
+        # ...and once it says it no longer runs attempt 1, its slot is free.
+        silent.heartbeat()
+        second = await silent.next("assignment")
+        assert (second.job_id, second.attempt) == (job.job_id, 2)
         silent.complete(second)
         await eventually(
             lambda: _state_is(service, job.job_id, job_pb2.JOB_STATE_SUCCEEDED), what="success"

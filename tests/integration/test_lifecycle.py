@@ -107,6 +107,10 @@ async def test_execution_timeout_is_enforced_by_the_server(start_job_service, sa
         worker.heartbeat(first)
         stop = await worker.next("stop_job", timeout=5)
         assert (stop.job_id, stop.reason) == (job.job_id, dpb.STOP_REASON_TIMED_OUT)
+        # Until the worker confirms the stop, the slot stays taken.
+        with pytest.raises(TimeoutError):
+            await worker.next("assignment", timeout=0.3)
+        worker.send(stopped=dpb.JobStoppedReport(job_id=job.job_id, lease_token=first.lease_token))
         second = await worker.next("assignment", timeout=5)
         assert second.attempt == 2
         worker.heartbeat(second)

@@ -37,7 +37,41 @@ class Api:
             expected_sha256=hashlib.sha256(data).hexdigest(),
         )
         header.parameters.update(parameters)
+        return self._upload(header, data)
 
+    def submit_with(
+        self,
+        data: bytes,
+        *,
+        request_id: str = "",
+        priority: int = 0,
+        max_attempts: int = 0,
+        execution_timeout: float | None = None,
+        queue_timeout: float | None = None,
+        **parameters,
+    ) -> job_pb2.Job:
+        """Uploads `data` with job options."""
+        header = js.UploadHeader(
+            file_name="clip.mp4",
+            pipeline="probe",
+            request_id=request_id,
+            priority=priority,
+            max_attempts=max_attempts,
+            expected_size_bytes=len(data),
+            expected_sha256=hashlib.sha256(data).hexdigest(),
+        )
+        header.parameters.update(parameters)
+        if execution_timeout is not None:
+            header.execution_timeout.FromNanoseconds(int(execution_timeout * 1e9))
+        if queue_timeout is not None:
+            header.queue_timeout.FromNanoseconds(int(queue_timeout * 1e9))
+        return self._upload(header, data)
+
+    def cancel(self, job_id: str) -> job_pb2.Job:
+        """CancelJob."""
+        return self.stub.CancelJob(js.CancelJobRequest(job_id=job_id), timeout=10).job
+
+    def _upload(self, header: js.UploadHeader, data: bytes) -> job_pb2.Job:
         def stream():
             yield js.SubmitVideoRequest(header=header)
             for offset in range(0, len(data), 65536):

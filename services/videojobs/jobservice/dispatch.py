@@ -94,9 +94,15 @@ class WorkerSession:
     hello: WorkerHello
     session_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     leases: dict[str, str] = field(default_factory=dict)  # job_id -> lease_token
+    # Jobs the worker was told to stop and has not confirmed stopping: they
+    # still occupy a slot, so a worker is never given more than it declared.
+    stopping: dict[str, str] = field(default_factory=dict)  # job_id -> lease_token
     outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
     closed: bool = False
     draining: bool = False
+    # Set when one of its leases expired while its stream stayed open (a hung
+    # process): it gets no new job until it says something again.
+    unresponsive: bool = False
 
     @property
     def worker_id(self) -> str:
@@ -106,14 +112,20 @@ class WorkerSession:
     @property
     def free_capacity(self) -> int:
         """How many more jobs this worker may be given now."""
-        if self.draining:
+        if self.draining or self.unresponsive:
             return 0
-        return self.hello.max_concurrent_jobs - len(self.leases)
+        return self.hello.max_concurrent_jobs - len(self.leases) - len(self.stopping)
 
     def send_stop(self, job_id: str, lease_token: str, reason: str) -> None:
-        """Queues a StopOrder and forgets the lease."""
-        self.leases.pop(job_id, None)
+        """Queues a StopOrder; the slot stays taken until the worker confirms."""
+        if self.leases.get(job_id) == lease_token:
+            del self.leases[job_id]
+            self.stopping[job_id] = lease_token
         self.outbox.put_nowait(StopOrder(job_id, lease_token, reason))
+
+    def heard_from(self) -> None:
+        """The worker said something: it is alive."""
+        self.unresponsive = False
 
 
 def validate_hello(hello: WorkerHello) -> None:
@@ -334,6 +346,10 @@ class DispatchCoordinator:
         if draining and not session.draining:
             log.info("worker %s is draining", session.worker_id)
         session.draining = draining
+        for job_id in [j for j in session.stopping if j not in running]:
+            # No longer running on the worker: the slot is free again.
+            del session.stopping[job_id]
+            self._wake_dispatcher.set()
         for job_id, token in running.items():
             if session.leases.get(job_id) != token:
                 # The worker runs something that is not (or no longer) its lease.
@@ -471,6 +487,7 @@ class DispatchCoordinator:
         its own (draining, shutting down) while the lease is still current is
         handed back: QUEUED at once with attempt + 1."""
         session.leases.pop(job_id, None)
+        session.stopping.pop(job_id, None)
         await self._requeue_leases(
             [token], f"handed back by worker {session.worker_id}", AttemptOutcome.HANDED_BACK
         )
@@ -643,5 +660,10 @@ class DispatchCoordinator:
                     ),
                 )
         for job_id, token, reason in stops:
+            if reason == "lease_lost":
+                for session in self._sessions.values():
+                    if session.leases.get(job_id) == token:
+                        session.unresponsive = True
+                        log.warning("worker %s is unresponsive", session.worker_id)
             self.stop_job(job_id, token, reason)
         self._wake_dispatcher.set()

@@ -74,6 +74,8 @@ class WorkerAgent:
     def __init__(self, settings: WorkerSettings, pipelines: list[str]) -> None:
         self.settings = settings
         self.pipelines = sorted(pipelines)
+        # Keyed by lease token: a job whose old attempt is still stopping may
+        # already be assigned again.
         self.jobs: dict[str, RunningJob] = {}
         self.connected = False
         self.draining = False
@@ -184,7 +186,7 @@ class WorkerAgent:
         held += [
             pb.HeldLease(job_id=job_id, lease_token=token)
             for job_id, (token, _, _) in self._unconfirmed.items()
-            if job_id not in self.jobs
+            if token not in self.jobs
         ]
         yield pb.ConnectRequest(
             hello=pb.WorkerHello(
@@ -236,10 +238,10 @@ class WorkerAgent:
             lease_token=assignment.lease_token,
             pipeline=assignment.pipeline,
         )
-        if assignment.job_id in self.jobs:
-            log.warning("job %s assigned again while running; ignoring", assignment.job_id)
+        if assignment.lease_token in self.jobs:
+            log.warning("lease of job %s announced twice; ignoring", assignment.job_id)
             return
-        self.jobs[job.job_id] = job
+        self.jobs[job.lease_token] = job
         self._idle.clear()
         task = asyncio.create_task(self._run_job(job, assignment), name=f"job-{job.job_id}")
         self._job_tasks.add(task)
@@ -281,7 +283,7 @@ class WorkerAgent:
             self._send(message)
             log.info("job %s attempt %d: %s", job.job_id, job.attempt, line["type"])
         finally:
-            self.jobs.pop(job.job_id, None)
+            self.jobs.pop(job.lease_token, None)
             if not self.jobs:
                 self._idle.set()
 
@@ -324,8 +326,8 @@ class WorkerAgent:
         held = self._unconfirmed.get(order.job_id)
         if held is not None and held[0] == order.lease_token:
             del self._unconfirmed[order.job_id]
-        job = self.jobs.get(order.job_id)
-        if job is not None and job.lease_token == order.lease_token:
+        job = self.jobs.get(order.lease_token)
+        if job is not None and job.job_id == order.job_id:
             reason = pb.StopReason.Name(order.reason)
             log.info("job %s: told to stop (%s)", order.job_id, reason)
             # Not awaited here: the response loop must keep reading meanwhile.

@@ -22,7 +22,7 @@ from videojobs.worker.protocol import ChildTask
 log = logging.getLogger(__name__)
 
 # How long a child gets to exit after its stdin closes before it is killed.
-STOP_GRACE_SECONDS = 1.0
+STOP_GRACE_SECONDS = 0.5
 # Longest protocol line accepted from a child (a partial result).
 MAX_LINE_BYTES = 16 * 1024 * 1024
 

@@ -123,6 +123,7 @@ class DispatchServicer(dispatch_service_pb2_grpc.DispatchServiceServicer):
     async def _read(self, session: WorkerSession, request_iterator) -> None:
         coordinator = self._coordinator
         async for message in request_iterator:
+            session.heard_from()
             kind = message.WhichOneof("payload")
             if kind == "heartbeat":
                 running = {}
