@@ -74,7 +74,8 @@ def test_submit_wait_json_reports_the_encoded_numbers_and_every_command_agrees(s
     assert JOB_ID.fullmatch(job_id), job_id
     assert job["state"] == "JOB_STATE_SUCCEEDED", job
     assert job["pipeline"] == "probe"
-    assert job["parameters"] == {"count_frames": True, "verify_frames": 3}
+    assert job["parameters"] == {"probe": {"count_frames": True, "verify_frames": 3}}
+    assert job["pipelines"] == ["probe"]
     assert job["attempt"] == 1
     assert job["progress"]["fraction"] == 1.0
     assert job["fileName"] == video.name  # the base name only, never the path
@@ -93,10 +94,12 @@ def test_submit_wait_json_reports_the_encoded_numbers_and_every_command_agrees(s
 
     # The full result document in storage, per stream.
     document = _result_document(stack, job["outputKey"])
-    assert document["pipeline"] == "probe"
-    assert document["container"]["stream_count"] == 2
-    assert document["container"]["duration_seconds"] == pytest.approx(DURATION, abs=0.05)
-    streams = {stream["type"]: stream for stream in document["streams"]}
+    assert document["pipelines"] == ["probe"]
+    probe = document["sections"]["probe"]
+    assert probe["pipeline"] == "probe"
+    assert probe["container"]["stream_count"] == 2
+    assert probe["container"]["duration_seconds"] == pytest.approx(DURATION, abs=0.05)
+    streams = {stream["type"]: stream for stream in probe["streams"]}
     assert sorted(streams) == ["audio", "video"]
     video_stream, audio_stream = streams["video"], streams["audio"]
     assert video_stream["codec"] == "h264"

@@ -169,5 +169,6 @@ def test_sigterm_stops_worker_and_server_cleanly(stack, sample_mp4):
     # Nothing was lost: a new server on the same data has the finished job.
     stack.start_server()
     assert api.job(job.job_id).state == job_pb2.JOB_STATE_SUCCEEDED
-    assert _result_document(stack, api.job(job.job_id))["streams"][0]["frame_count"] == 50
+    probe = _result_document(stack, api.job(job.job_id))["sections"]["probe"]
+    assert probe["streams"][0]["frame_count"] == 50
     api.close()

@@ -8,6 +8,7 @@ import hashlib
 
 import grpc
 import pytest
+from google.protobuf import json_format
 
 from videojobs.v1 import job_pb2
 from videojobs.v1 import job_service_pb2 as js
@@ -44,7 +45,11 @@ async def test_submit_creates_a_queued_job_with_its_input_stored(job_service, sa
     assert job.input_size_bytes == len(sample_mp4)
     assert job.input_sha256 == hashlib.sha256(sample_mp4).hexdigest()
     assert job.file_name == "My Clip.MP4"
-    assert dict(job.parameters) == {"count_frames": False, "verify_frames": 3.0}
+    # Stored normalised: each pipeline's parameters under its name, defaults filled in.
+    assert json_format.MessageToDict(job.parameters) == {
+        "probe": {"count_frames": False, "verify_frames": 3.0}
+    }
+    assert list(job.pipelines) == ["probe"]
     stored = job_service.storage
     with stored.open_read(__import__("videojobs.storage").storage.StorageKey(job.input_key)) as f:
         assert f.read() == sample_mp4

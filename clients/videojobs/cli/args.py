@@ -115,7 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
         "submit", parents=[global_options], help="upload a video and create a job"
     )
     submit.add_argument("file", metavar="FILE", help="the video to upload")
-    submit.add_argument("--pipeline", default="probe", help="pipeline to run (default: probe)")
+    submit.add_argument(
+        "--pipeline",
+        dest="pipelines",
+        action="append",
+        metavar="NAME",
+        help="pipeline to run (default: probe); repeat to run several over one decode",
+    )
     submit.add_argument(
         "--param",
         dest="params",

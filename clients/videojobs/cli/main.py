@@ -74,6 +74,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BROKEN_PIPE
 
 
+def _pipelines(names: list[str] | None) -> str | list[str]:
+    """One name for one pipeline (the `pipeline` field), a list for several."""
+    if not names:
+        return "probe"
+    return names[0] if len(names) == 1 else names
+
+
 def submit_command(client: JobClient, args: argparse.Namespace) -> int:
     """`submit FILE`: upload, print the job; with --wait follow it to its end."""
     display = progress_display(
@@ -83,7 +90,7 @@ def submit_command(client: JobClient, args: argparse.Namespace) -> int:
         try:
             job = client.submit(
                 args.file,
-                pipeline=args.pipeline,
+                pipeline=_pipelines(args.pipelines),
                 parameters=args.params,
                 request_id=args.request_id,
                 options=JobOptions(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -79,7 +79,7 @@ class AsyncJobClient:
         self,
         path: str | os.PathLike[str],
         *,
-        pipeline: str = "probe",
+        pipeline: str | Sequence[str] = "probe",
         parameters: Mapping[str, Any] | None = None,
         request_id: str | None = None,
         options: JobOptions | None = None,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -170,7 +170,7 @@ class UploadRequestStream:
         self,
         upload: UploadFile,
         *,
-        pipeline: str,
+        pipeline: str | Sequence[str],
         parameters: Mapping[str, Any] | None = None,
         request_id: str | None = None,
         options: JobOptions | None = None,
@@ -184,7 +184,9 @@ class UploadRequestStream:
         self.header = job_service_pb2.SubmitVideoRequest(
             header=job_service_pb2.UploadHeader(
                 file_name=upload.path.name,
-                pipeline=pipeline,
+                # Several pipelines (one decode) go in `pipelines`.
+                pipeline=pipeline if isinstance(pipeline, str) else "",
+                pipelines=[] if isinstance(pipeline, str) else list(pipeline),
                 parameters=to_struct(parameters),
                 request_id=request_id or "",
                 expected_size_bytes=upload.size,

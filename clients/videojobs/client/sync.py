@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -64,7 +64,7 @@ class JobClient:
         self,
         path: str | os.PathLike[str],
         *,
-        pipeline: str = "probe",
+        pipeline: str | Sequence[str] = "probe",
         parameters: Mapping[str, Any] | None = None,
         request_id: str | None = None,
         options: JobOptions | None = None,

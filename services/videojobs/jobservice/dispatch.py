@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import itertools
 import logging
 import random
 import re
@@ -48,6 +50,8 @@ log = logging.getLogger(__name__)
 
 WORKER_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 MAX_CONCURRENT_JOBS = 64
+# Bounds the pipeline-set keys a worker's claims match (2**n - 1 of them).
+MAX_ANNOUNCED_PIPELINES = 10
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,17 @@ class WorkerSession:
     def worker_id(self) -> str:
         """The worker's announced id."""
         return self.hello.worker_id
+
+    @functools.cached_property
+    def pipeline_keys(self) -> list[str]:
+        """Every pipeline set this worker can run, as canonical keys: a job of
+        several pipelines goes only to a worker that runs all of them."""
+        names = sorted(self.hello.pipelines)[:MAX_ANNOUNCED_PIPELINES]
+        return [
+            "+".join(combo)
+            for size in range(1, len(names) + 1)
+            for combo in itertools.combinations(names, size)
+        ]
 
     @property
     def free_capacity(self) -> int:
@@ -394,6 +409,7 @@ class DispatchCoordinator:
         output_key: StorageKey,
         artifacts: list[Artifact],
         summary: dict[str, Any],
+        warnings: list[str] | None = None,
     ) -> None:
         """RUNNING -> SUCCEEDED, recording the result of this attempt only."""
         async with self._database.transaction() as repository:
@@ -413,6 +429,7 @@ class DispatchCoordinator:
                 )
             row.output_key = output_key.value
             row.summary = summary
+            row.warnings = list(warnings or [])
             row.progress_fraction = 1.0
             row.progress_stage = "done"
             row.execution_deadline_at = None
@@ -429,6 +446,7 @@ class DispatchCoordinator:
                         for a in artifacts
                     ],
                     "summary": summary,
+                    "warnings": list(warnings or []),
                 },
             )
         session.leases.pop(job_id, None)
@@ -554,7 +572,7 @@ class DispatchCoordinator:
         expiry = utc_now() + timedelta(seconds=self.settings.lease_duration)
         async with self._database.transaction() as repository:
             row = await repository.claim_next_queued(
-                session.hello.pipelines, session.worker_id, token, expiry
+                session.pipeline_keys, session.worker_id, token, expiry
             )
             if row is None:
                 return False

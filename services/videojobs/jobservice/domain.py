@@ -208,6 +208,7 @@ class Job:
     queue_timeout_seconds: float | None = None
     next_attempt_time: datetime | None = None
     attempts: tuple[Attempt, ...] = ()
+    warnings: tuple[str, ...] = ()
     worker_id: str | None = None
     lease_token: str | None = None
 

@@ -36,8 +36,9 @@ from videojobs.jobservice.domain import (
 )
 from videojobs.jobservice.store import Database
 from videojobs.jobservice.store.models import JobRow
-from videojobs.pipelines import ParameterError, PipelineCatalogue, PipelineFailure, UnknownPipeline
+from videojobs.pipelines import ParameterError, PipelineCatalogue, PipelineFailure
 from videojobs.pipelines.media import check_is_media_container
+from videojobs.pipelines.plan import JobPlan, plan_job
 from videojobs.storage import BlobStore, StorageKey
 from videojobs.storage.blobstore import BlobWriter
 
@@ -65,6 +66,7 @@ class UploadHeader:
     priority: int = 0
     execution_timeout_seconds: float | None = None
     queue_timeout_seconds: float | None = None
+    pipelines: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -94,8 +96,8 @@ class SubmitService:
         self._limits = limits
         self._on_job_queued = on_job_queued
 
-    def validate_header(self, header: UploadHeader) -> dict[str, Any]:
-        """Checks the header before any byte is read; returns validated parameters."""
+    def validate_header(self, header: UploadHeader) -> JobPlan | None:
+        """Checks the header before any byte is read; returns the job's plan."""
         violations: list[tuple[str, str]] = []
         name = header.file_name
         if not name:
@@ -128,25 +130,32 @@ class SubmitService:
         ):
             if value is not None and not 0 < value <= MAX_EXECUTION_TIMEOUT_SECONDS:
                 violations.append((name, "more than 0 and at most 24 hours"))
-        parameters: dict[str, Any] = {}
-        if not header.pipeline:
-            violations.append(("header.pipeline", "is required"))
+        plan = None
+        names_field = "header.pipelines" if header.pipelines else "header.pipeline"
+        names = list(header.pipelines) or ([header.pipeline] if header.pipeline else [])
+        if header.pipeline and header.pipelines:
+            violations.append(("header.pipelines", "set either pipeline or pipelines, not both"))
+        elif not names:
+            violations.append(("header.pipeline", "is required (or pipelines)"))
         else:
             try:
-                spec = self._catalogue.spec(header.pipeline)
-                parameters = spec.validate(header.parameters, field_prefix="header.parameters")
-            except UnknownPipeline as exc:
-                violations.append(("header.pipeline", str(exc)))
+                plan = plan_job(
+                    self._catalogue,
+                    names,
+                    header.parameters,
+                    field_prefix="header.parameters",
+                    names_field=names_field,
+                )
             except ParameterError as exc:
                 violations.extend(exc.violations)
         if violations:
             raise errors.invalid_argument("the upload header is invalid", violations)
-        return parameters
+        return plan
 
     async def submit(self, header: UploadHeader, chunks: AsyncIterator[bytes]) -> Job:
         """Stores the upload and creates the job (or returns the job of a repeated
         request_id). See the module docstring for the guarantees."""
-        parameters = self.validate_header(header)
+        plan = self.validate_header(header)
         job_id = new_job_id()
         input_key = input_key_for(job_id, _extension_of(header.file_name))
         writer = await asyncio.to_thread(self._blob_store.open_writer, input_key)
@@ -167,9 +176,7 @@ class SubmitService:
             self._check_received(header, size, sha256)
             await self._check_container(writer)
             await asyncio.to_thread(writer.commit)
-            job, created = await self._create_job(
-                header, parameters, job_id, input_key, size, sha256
-            )
+            job, created = await self._create_job(header, plan, job_id, input_key, size, sha256)
             # Kept only when a job now refers to it: for a repeated request the
             # first upload's job stands and this copy goes.
             published = created
@@ -224,7 +231,7 @@ class SubmitService:
     async def _create_job(
         self,
         header: UploadHeader,
-        parameters: dict[str, Any],
+        plan: JobPlan,
         job_id: str,
         input_key: StorageKey,
         size: int,
@@ -236,10 +243,9 @@ class SubmitService:
             "execution_timeout": header.execution_timeout_seconds,
             "queue_timeout": header.queue_timeout_seconds,
         }
-        fingerprint = _fingerprint(header.pipeline, parameters, options, size, sha256)
-        spec = self._catalogue.spec(header.pipeline)
-        execution_timeout = (
-            header.execution_timeout_seconds or spec.default_execution_timeout_seconds
+        fingerprint = _fingerprint(plan.key, plan.parameters, options, size, sha256)
+        execution_timeout = header.execution_timeout_seconds or max(
+            self._catalogue.spec(name).default_execution_timeout_seconds for name in plan.pipelines
         )
         queue_timeout = header.queue_timeout_seconds or self._limits.default_queue_timeout or None
         request_id = header.request_id or None
@@ -266,8 +272,8 @@ class SubmitService:
                         job_id=job_id,
                         request_id=request_id,
                         request_fingerprint=fingerprint if request_id else None,
-                        pipeline=header.pipeline,
-                        parameters=parameters,
+                        pipeline=plan.key,
+                        parameters=plan.parameters,
                         state=JobState.QUEUED.value,
                         attempt=1,
                         max_attempts=header.max_attempts or self._limits.max_attempts,
@@ -293,7 +299,7 @@ class SubmitService:
                 if request_id is None:
                     raise
                 continue  # a concurrent upload with the same request_id won: look again
-            log.info("job %s accepted (pipeline %s, %d bytes)", job_id, header.pipeline, size)
+            log.info("job %s accepted (pipeline %s, %d bytes)", job_id, plan.key, size)
             self._on_job_queued()
             return job, True
         raise errors.unavailable("concurrent submits with one request_id; retry", "RETRY")

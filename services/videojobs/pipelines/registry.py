@@ -20,7 +20,10 @@ ENTRY_POINT_GROUP = "videojobs.pipelines"
 # Built-in pipelines as "module:attribute" so that the catalogue can be listed
 # without importing their heavy dependencies.
 _BUILTIN = {
+    "detect": "videojobs.pipelines.detect:PIPELINE",
     "probe": "videojobs.pipelines.probe:PIPELINE",
+    "scenes": "videojobs.pipelines.scenes:PIPELINE",
+    "thumbnails": "videojobs.pipelines.thumbnails:PIPELINE",
 }
 
 

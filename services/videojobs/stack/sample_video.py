@@ -93,6 +93,42 @@ def _write_silence(container, audio, seconds: float) -> None:
         container.mux(packet)
 
 
+def write_frames(
+    target: str | os.PathLike[str] | BinaryIO,
+    frames,
+    *,
+    fps: int = 25,
+    codec: str = "libx264",
+    container_format: str = "mp4",
+    crf: int = 18,
+) -> int:
+    """Encodes BGR uint8 numpy frames (all the same size, even dimensions)
+    into `target`; returns how many were written. For tests and benchmarks that
+    draw known content (text, codes, cuts) into each frame."""
+    written = 0
+    with av.open(target, mode="w", format=container_format) as container:
+        stream = None
+        for image in frames:
+            if stream is None:
+                stream = container.add_stream(codec, rate=fps)
+                stream.height, stream.width = image.shape[:2]
+                stream.pix_fmt = "yuv420p"
+                stream.codec_context.gop_size = fps
+                stream.codec_context.max_b_frames = 0
+                if codec == "libx264":
+                    stream.options = {"crf": str(crf), "preset": "veryfast"}
+            frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+            frame.pts = written
+            frame.time_base = Fraction(1, fps)
+            for packet in stream.encode(frame.reformat(format="yuv420p")):
+                container.mux(packet)
+            written += 1
+        if stream is not None:
+            for packet in stream.encode():
+                container.mux(packet)
+    return written
+
+
 def write_audio_only(
     target: str | os.PathLike[str] | BinaryIO,
     *,

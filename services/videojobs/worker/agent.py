@@ -312,6 +312,7 @@ class WorkerAgent:
                     output_key=line["output_key"],
                     artifacts=[job_pb2.Artifact(**a) for a in line.get("artifacts", [])],
                     summary=_struct(line.get("summary") or {}),
+                    warnings=line.get("warnings", []),
                 )
             )
         if kind == "failed":

@@ -17,8 +17,10 @@ import traceback
 from typing import Any, TextIO
 
 from videojobs.pipelines import PipelineFailure, builtin_catalogue
+from videojobs.pipelines.plan import split_key
+from videojobs.pipelines.runner import run_job
 from videojobs.storage import StorageKey, open_blob_store
-from videojobs.storage.blobstore import BlobNotFound, BlobStoreError, put_bytes
+from videojobs.storage.blobstore import BlobStoreError, put_bytes
 from videojobs.worker.protocol import ChildTask
 
 RESULT_FILE_NAME = "results.json"
@@ -70,27 +72,36 @@ def _exit_when_parent_goes(stdin: TextIO) -> None:
 def run(task: ChildTask, reporter: LineReporter) -> None:
     """Runs the task and emits its terminal line."""
     store = open_blob_store(task.storage_url)
-    pipeline = builtin_catalogue().get(task.pipeline)
-    parameters = pipeline.spec.validate(task.parameters)
-    try:
-        source = store.open_read(StorageKey(task.input_key))
-    except BlobNotFound:
+    input_key = StorageKey(task.input_key)
+    output_prefix = StorageKey(task.output_prefix)
+    if not store.exists(input_key):
         raise PipelineFailure(
             "the job's input is missing from storage", code="NOT_FOUND", reason="INPUT_MISSING"
-        ) from None
-    with source:
-        output = pipeline.run(source, parameters, reporter)
-    output_key = StorageKey(task.output_prefix).child(RESULT_FILE_NAME)
-    document = {"job_id": task.job_id, "attempt": task.attempt, **output.result}
-    encoded = json.dumps(document, indent=2, sort_keys=True, allow_nan=False).encode()
+        )
+    output = run_job(
+        builtin_catalogue(),
+        split_key(task.pipeline),
+        task.parameters,
+        store,
+        input_key,
+        output_prefix,
+        reporter,
+    )
+    output_key = output_prefix.child(RESULT_FILE_NAME)
+    document = {"job_id": task.job_id, "attempt": task.attempt, **output.document}
+    encoded = json.dumps(document, indent=1, sort_keys=True, allow_nan=False).encode()
     put_bytes(store, output_key, encoded)
     reporter.progress(1.0, "done")
     reporter.emit(
         {
             "type": "completed",
             "output_key": output_key.value,
-            "artifacts": [],
+            "artifacts": [
+                {"key": a.key.value, "media_type": a.media_type, "size_bytes": a.size_bytes}
+                for a in output.artifacts
+            ],
             "summary": output.summary,
+            "warnings": output.document.get("warnings", []),
         }
     )
 

@@ -106,18 +106,20 @@ class JobPartialResultReport(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., lease_token: _Optional[str] = ..., partial_result: _Optional[_Union[_job_pb2.PartialResult, _Mapping]] = ...) -> None: ...
 
 class JobCompletionReport(_message.Message):
-    __slots__ = ("job_id", "lease_token", "output_key", "artifacts", "summary")
+    __slots__ = ("job_id", "lease_token", "output_key", "artifacts", "summary", "warnings")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_KEY_FIELD_NUMBER: _ClassVar[int]
     ARTIFACTS_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     lease_token: str
     output_key: str
     artifacts: _containers.RepeatedCompositeFieldContainer[_job_pb2.Artifact]
     summary: _struct_pb2.Struct
-    def __init__(self, job_id: _Optional[str] = ..., lease_token: _Optional[str] = ..., output_key: _Optional[str] = ..., artifacts: _Optional[_Iterable[_Union[_job_pb2.Artifact, _Mapping]]] = ..., summary: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job_id: _Optional[str] = ..., lease_token: _Optional[str] = ..., output_key: _Optional[str] = ..., artifacts: _Optional[_Iterable[_Union[_job_pb2.Artifact, _Mapping]]] = ..., summary: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class JobFailureReport(_message.Message):
     __slots__ = ("job_id", "lease_token", "error", "retryable")

@@ -28,35 +28,35 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16videojobs/v1/job.proto\x12\x0cvideojobs.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xc8\x06\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.videojobs.v1.JobState\x12\x10\n\x08pipeline\x18\x03 \x01(\t\x12+\n\nparameters\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x08progress\x18\x05 \x01(\x0b\x32\x16.videojobs.v1.Progress\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\x05\x12\x11\n\tinput_key\x18\x07 \x01(\t\x12\x12\n\noutput_key\x18\x08 \x01(\t\x12)\n\tartifacts\x18\t \x03(\x0b\x32\x16.videojobs.v1.Artifact\x12!\n\x05\x65rror\x18\n \x01(\x0b\x32\x12.google.rpc.Status\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x07summary\x18\x0e \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tfile_name\x18\x0f \x01(\t\x12\x18\n\x10input_size_bytes\x18\x10 \x01(\x03\x12\x14\n\x0cinput_sha256\x18\x11 \x01(\t\x12\x12\n\nrequest_id\x18\x12 \x01(\t\x12\x1b\n\x13last_event_sequence\x18\x13 \x01(\x03\x12\x14\n\x0cmax_attempts\x18\x14 \x01(\x05\x12\x10\n\x08priority\x18\x15 \x01(\x05\x12\x34\n\x11\x65xecution_timeout\x18\x16 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\rqueue_timeout\x18\x17 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\'\n\x08\x61ttempts\x18\x18 \x03(\x0b\x32\x15.videojobs.v1.Attempt\x12\x35\n\x11next_attempt_time\x18\x19 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xdc\x01\n\x07\x41ttempt\x12\x0e\n\x06number\x18\x01 \x01(\x05\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x07outcome\x18\x05 \x01(\x0e\x32\x1c.videojobs.v1.AttemptOutcome\x12!\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x12.google.rpc.Status\"+\n\x08Progress\x12\x10\n\x08\x66raction\x18\x01 \x01(\x01\x12\r\n\x05stage\x18\x02 \x01(\t\"?\n\x08\x41rtifact\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\"\xc9\x03\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\tjob_state\x18\x04 \x01(\x0e\x32\x16.videojobs.v1.JobState\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12\x33\n\rstate_changed\x18\n \x01(\x0b\x32\x1a.videojobs.v1.StateChangedH\x00\x12*\n\x08progress\x18\x0b \x01(\x0b\x32\x16.videojobs.v1.ProgressH\x00\x12\x35\n\x0epartial_result\x18\x0c \x01(\x0b\x32\x1b.videojobs.v1.PartialResultH\x00\x12/\n\tcompleted\x18\r \x01(\x0b\x32\x1a.videojobs.v1.JobCompletedH\x00\x12)\n\x06\x66\x61iled\x18\x0e \x01(\x0b\x32\x17.videojobs.v1.JobFailedH\x00\x12/\n\tcancelled\x18\x0f \x01(\x0b\x32\x1a.videojobs.v1.JobCancelledH\x00\x42\t\n\x07payload\"t\n\x0cStateChanged\x12*\n\nfrom_state\x18\x01 \x01(\x0e\x32\x16.videojobs.v1.JobState\x12(\n\x08to_state\x18\x02 \x01(\x0e\x32\x16.videojobs.v1.JobState\x12\x0e\n\x06reason\x18\x03 \x01(\t\"H\n\rPartialResult\x12\x10\n\x08pipeline\x18\x01 \x01(\t\x12%\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"w\n\x0cJobCompleted\x12\x12\n\noutput_key\x18\x01 \x01(\t\x12)\n\tartifacts\x18\x02 \x03(\x0b\x32\x16.videojobs.v1.Artifact\x12(\n\x07summary\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\".\n\tJobFailed\x12!\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x12.google.rpc.Status\"\x1e\n\x0cJobCancelled\x12\x0e\n\x06reason\x18\x01 \x01(\t*\xa5\x02\n\x0e\x41ttemptOutcome\x12\x1f\n\x1b\x41TTEMPT_OUTCOME_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41TTEMPT_OUTCOME_RUNNING\x10\x01\x12\x1d\n\x19\x41TTEMPT_OUTCOME_SUCCEEDED\x10\x02\x12\x1a\n\x16\x41TTEMPT_OUTCOME_FAILED\x10\x03\x12\x1b\n\x17\x41TTEMPT_OUTCOME_RETRIED\x10\x04\x12\x1e\n\x1a\x41TTEMPT_OUTCOME_LEASE_LOST\x10\x05\x12\x1d\n\x19\x41TTEMPT_OUTCOME_TIMED_OUT\x10\x06\x12\x1d\n\x19\x41TTEMPT_OUTCOME_CANCELLED\x10\x07\x12\x1f\n\x1b\x41TTEMPT_OUTCOME_HANDED_BACK\x10\x08*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16videojobs/v1/job.proto\x12\x0cvideojobs.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xed\x06\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.videojobs.v1.JobState\x12\x10\n\x08pipeline\x18\x03 \x01(\t\x12+\n\nparameters\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x08progress\x18\x05 \x01(\x0b\x32\x16.videojobs.v1.Progress\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\x05\x12\x11\n\tinput_key\x18\x07 \x01(\t\x12\x12\n\noutput_key\x18\x08 \x01(\t\x12)\n\tartifacts\x18\t \x03(\x0b\x32\x16.videojobs.v1.Artifact\x12!\n\x05\x65rror\x18\n \x01(\x0b\x32\x12.google.rpc.Status\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x07summary\x18\x0e \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tfile_name\x18\x0f \x01(\t\x12\x18\n\x10input_size_bytes\x18\x10 \x01(\x03\x12\x14\n\x0cinput_sha256\x18\x11 \x01(\t\x12\x12\n\nrequest_id\x18\x12 \x01(\t\x12\x1b\n\x13last_event_sequence\x18\x13 \x01(\x03\x12\x14\n\x0cmax_attempts\x18\x14 \x01(\x05\x12\x10\n\x08priority\x18\x15 \x01(\x05\x12\x34\n\x11\x65xecution_timeout\x18\x16 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\rqueue_timeout\x18\x17 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\'\n\x08\x61ttempts\x18\x18 \x03(\x0b\x32\x15.videojobs.v1.Attempt\x12\x35\n\x11next_attempt_time\x18\x19 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpipelines\x18\x1a \x03(\t\x12\x10\n\x08warnings\x18\x1b \x03(\t\"\xdc\x01\n\x07\x41ttempt\x12\x0e\n\x06number\x18\x01 \x01(\x05\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x07outcome\x18\x05 \x01(\x0e\x32\x1c.videojobs.v1.AttemptOutcome\x12!\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x12.google.rpc.Status\"+\n\x08Progress\x12\x10\n\x08\x66raction\x18\x01 \x01(\x01\x12\r\n\x05stage\x18\x02 \x01(\t\"?\n\x08\x41rtifact\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\"\xc9\x03\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\tjob_state\x18\x04 \x01(\x0e\x32\x16.videojobs.v1.JobState\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12\x33\n\rstate_changed\x18\n \x01(\x0b\x32\x1a.videojobs.v1.StateChangedH\x00\x12*\n\x08progress\x18\x0b \x01(\x0b\x32\x16.videojobs.v1.ProgressH\x00\x12\x35\n\x0epartial_result\x18\x0c \x01(\x0b\x32\x1b.videojobs.v1.PartialResultH\x00\x12/\n\tcompleted\x18\r \x01(\x0b\x32\x1a.videojobs.v1.JobCompletedH\x00\x12)\n\x06\x66\x61iled\x18\x0e \x01(\x0b\x32\x17.videojobs.v1.JobFailedH\x00\x12/\n\tcancelled\x18\x0f \x01(\x0b\x32\x1a.videojobs.v1.JobCancelledH\x00\x42\t\n\x07payload\"t\n\x0cStateChanged\x12*\n\nfrom_state\x18\x01 \x01(\x0e\x32\x16.videojobs.v1.JobState\x12(\n\x08to_state\x18\x02 \x01(\x0e\x32\x16.videojobs.v1.JobState\x12\x0e\n\x06reason\x18\x03 \x01(\t\"H\n\rPartialResult\x12\x10\n\x08pipeline\x18\x01 \x01(\t\x12%\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x89\x01\n\x0cJobCompleted\x12\x12\n\noutput_key\x18\x01 \x01(\t\x12)\n\tartifacts\x18\x02 \x03(\x0b\x32\x16.videojobs.v1.Artifact\x12(\n\x07summary\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08warnings\x18\x04 \x03(\t\".\n\tJobFailed\x12!\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x12.google.rpc.Status\"\x1e\n\x0cJobCancelled\x12\x0e\n\x06reason\x18\x01 \x01(\t*\xa5\x02\n\x0e\x41ttemptOutcome\x12\x1f\n\x1b\x41TTEMPT_OUTCOME_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41TTEMPT_OUTCOME_RUNNING\x10\x01\x12\x1d\n\x19\x41TTEMPT_OUTCOME_SUCCEEDED\x10\x02\x12\x1a\n\x16\x41TTEMPT_OUTCOME_FAILED\x10\x03\x12\x1b\n\x17\x41TTEMPT_OUTCOME_RETRIED\x10\x04\x12\x1e\n\x1a\x41TTEMPT_OUTCOME_LEASE_LOST\x10\x05\x12\x1d\n\x19\x41TTEMPT_OUTCOME_TIMED_OUT\x10\x06\x12\x1d\n\x19\x41TTEMPT_OUTCOME_CANCELLED\x10\x07\x12\x1f\n\x1b\x41TTEMPT_OUTCOME_HANDED_BACK\x10\x08*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'videojobs.v1.job_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ATTEMPTOUTCOME']._serialized_start=2190
-  _globals['_ATTEMPTOUTCOME']._serialized_end=2483
-  _globals['_JOBSTATE']._serialized_start=2486
-  _globals['_JOBSTATE']._serialized_end=2640
+  _globals['_ATTEMPTOUTCOME']._serialized_start=2246
+  _globals['_ATTEMPTOUTCOME']._serialized_end=2539
+  _globals['_JOBSTATE']._serialized_start=2542
+  _globals['_JOBSTATE']._serialized_end=2696
   _globals['_JOB']._serialized_start=161
-  _globals['_JOB']._serialized_end=1001
-  _globals['_ATTEMPT']._serialized_start=1004
-  _globals['_ATTEMPT']._serialized_end=1224
-  _globals['_PROGRESS']._serialized_start=1226
-  _globals['_PROGRESS']._serialized_end=1269
-  _globals['_ARTIFACT']._serialized_start=1271
-  _globals['_ARTIFACT']._serialized_end=1334
-  _globals['_JOBEVENT']._serialized_start=1337
-  _globals['_JOBEVENT']._serialized_end=1794
-  _globals['_STATECHANGED']._serialized_start=1796
-  _globals['_STATECHANGED']._serialized_end=1912
-  _globals['_PARTIALRESULT']._serialized_start=1914
-  _globals['_PARTIALRESULT']._serialized_end=1986
-  _globals['_JOBCOMPLETED']._serialized_start=1988
-  _globals['_JOBCOMPLETED']._serialized_end=2107
-  _globals['_JOBFAILED']._serialized_start=2109
-  _globals['_JOBFAILED']._serialized_end=2155
-  _globals['_JOBCANCELLED']._serialized_start=2157
-  _globals['_JOBCANCELLED']._serialized_end=2187
+  _globals['_JOB']._serialized_end=1038
+  _globals['_ATTEMPT']._serialized_start=1041
+  _globals['_ATTEMPT']._serialized_end=1261
+  _globals['_PROGRESS']._serialized_start=1263
+  _globals['_PROGRESS']._serialized_end=1306
+  _globals['_ARTIFACT']._serialized_start=1308
+  _globals['_ARTIFACT']._serialized_end=1371
+  _globals['_JOBEVENT']._serialized_start=1374
+  _globals['_JOBEVENT']._serialized_end=1831
+  _globals['_STATECHANGED']._serialized_start=1833
+  _globals['_STATECHANGED']._serialized_end=1949
+  _globals['_PARTIALRESULT']._serialized_start=1951
+  _globals['_PARTIALRESULT']._serialized_end=2023
+  _globals['_JOBCOMPLETED']._serialized_start=2026
+  _globals['_JOBCOMPLETED']._serialized_end=2163
+  _globals['_JOBFAILED']._serialized_start=2165
+  _globals['_JOBFAILED']._serialized_end=2211
+  _globals['_JOBCANCELLED']._serialized_start=2213
+  _globals['_JOBCANCELLED']._serialized_end=2243
 # @@protoc_insertion_point(module_scope)

@@ -20,7 +20,7 @@ class SubmitVideoRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
 class UploadHeader(_message.Message):
-    __slots__ = ("file_name", "pipeline", "parameters", "request_id", "expected_size_bytes", "expected_sha256", "max_attempts", "priority", "execution_timeout", "queue_timeout")
+    __slots__ = ("file_name", "pipeline", "parameters", "request_id", "expected_size_bytes", "expected_sha256", "max_attempts", "priority", "execution_timeout", "queue_timeout", "pipelines")
     FILE_NAME_FIELD_NUMBER: _ClassVar[int]
     PIPELINE_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,7 @@ class UploadHeader(_message.Message):
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     EXECUTION_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     QUEUE_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    PIPELINES_FIELD_NUMBER: _ClassVar[int]
     file_name: str
     pipeline: str
     parameters: _struct_pb2.Struct
@@ -41,7 +42,8 @@ class UploadHeader(_message.Message):
     priority: int
     execution_timeout: _duration_pb2.Duration
     queue_timeout: _duration_pb2.Duration
-    def __init__(self, file_name: _Optional[str] = ..., pipeline: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., request_id: _Optional[str] = ..., expected_size_bytes: _Optional[int] = ..., expected_sha256: _Optional[str] = ..., max_attempts: _Optional[int] = ..., priority: _Optional[int] = ..., execution_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., queue_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    pipelines: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, file_name: _Optional[str] = ..., pipeline: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., request_id: _Optional[str] = ..., expected_size_bytes: _Optional[int] = ..., expected_sha256: _Optional[str] = ..., max_attempts: _Optional[int] = ..., priority: _Optional[int] = ..., execution_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., queue_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., pipelines: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SubmitVideoResponse(_message.Message):
     __slots__ = ("job",)

@@ -115,6 +115,8 @@ def job(value: domain.Job) -> job_pb2.Job:
         queue_timeout=duration(value.queue_timeout_seconds),
         attempts=[attempt(a) for a in value.attempts],
         next_attempt_time=timestamp(value.next_attempt_time),
+        pipelines=value.pipeline.split("+"),
+        warnings=list(value.warnings),
     )
     if value.error is not None:
         message.error.CopyFrom(
@@ -159,6 +161,7 @@ def event(value: domain.JobEvent) -> job_pb2.JobEvent:
                 output_key=payload["output_key"],
                 artifacts=[job_pb2.Artifact(**a) for a in payload.get("artifacts", [])],
                 summary=struct(payload.get("summary") or {}),
+                warnings=payload.get("warnings", []),
             )
         )
     elif kind is domain.EventKind.FAILED:

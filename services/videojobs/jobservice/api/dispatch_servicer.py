@@ -169,6 +169,7 @@ class DispatchServicer(dispatch_service_pb2_grpc.DispatchServiceServicer):
                     output_key,
                     artifacts,
                     convert.struct_to_dict(report.summary),
+                    list(report.warnings),
                 )
             elif kind == "failure":
                 report = message.failure

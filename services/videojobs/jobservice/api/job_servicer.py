@@ -53,6 +53,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             priority=header.priority,
             execution_timeout_seconds=_seconds_or_none(header, "execution_timeout"),
             queue_timeout_seconds=_seconds_or_none(header, "queue_timeout"),
+            pipelines=tuple(header.pipelines),
         )
         job = await self._submit.submit(upload, _chunks(request_iterator))
         return job_service_pb2.SubmitVideoResponse(job=convert.job(job))

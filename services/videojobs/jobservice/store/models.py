@@ -76,6 +76,7 @@ class JobRow(Base):
     input_sha256: Mapped[str] = mapped_column(String(64))
     output_key: Mapped[str | None] = mapped_column(String(1024))
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    warnings: Mapped[list[str] | None] = mapped_column(JSON)
     progress_fraction: Mapped[float] = mapped_column(Float, default=0.0)
     progress_stage: Mapped[str] = mapped_column(String(128), default="")
     error_code: Mapped[str | None] = mapped_column(String(32))

@@ -402,6 +402,7 @@ def _to_job(
         queue_timeout_seconds=row.queue_timeout_seconds,
         next_attempt_time=row.available_at if row.state == JobState.QUEUED.value else None,
         attempts=attempts,
+        warnings=tuple(row.warnings or ()),
         worker_id=row.worker_id,
         lease_token=row.lease_token,
     )
