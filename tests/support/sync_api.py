@@ -67,6 +67,23 @@ class Api:
             header.queue_timeout.FromNanoseconds(int(queue_timeout * 1e9))
         return self._upload(header, data)
 
+    def submit_pipelines(
+        self,
+        data: bytes,
+        pipelines: list[str],
+        parameters: dict,
+        file_name: str = "clip.mp4",
+    ) -> job_pb2.Job:
+        """Uploads `data` for a job of several pipelines (or one, by `pipelines`)."""
+        header = js.UploadHeader(
+            file_name=file_name,
+            pipelines=pipelines,
+            expected_size_bytes=len(data),
+            expected_sha256=hashlib.sha256(data).hexdigest(),
+        )
+        header.parameters.update(parameters)
+        return self._upload(header, data)
+
     def cancel(self, job_id: str) -> job_pb2.Job:
         """CancelJob."""
         return self.stub.CancelJob(js.CancelJobRequest(job_id=job_id), timeout=10).job

@@ -21,6 +21,7 @@ ENTRY_POINT_GROUP = "videojobs.pipelines"
 # without importing their heavy dependencies.
 _BUILTIN = {
     "detect": "videojobs.pipelines.detect:PIPELINE",
+    "ocr": "videojobs.pipelines.ocr:PIPELINE",
     "probe": "videojobs.pipelines.probe:PIPELINE",
     "scenes": "videojobs.pipelines.scenes:PIPELINE",
     "thumbnails": "videojobs.pipelines.thumbnails:PIPELINE",
