@@ -215,3 +215,36 @@ def test_every_bad_video_has_its_documented_outcome(stack, tmp_path):
         job_pb2.JOB_STATE_SUCCEEDED
     )
     api.close()
+
+
+# Readings the OCR model confuses on this font, mapped explicitly for the
+# comparison (and nothing else is loosened): O/0, I/1/l.
+_CONFUSABLE = str.maketrans({"0": "O", "1": "I", "l": "I"})
+
+
+def _same_text(read: str, drawn: str) -> bool:
+    def canonical(text: str) -> str:
+        return "".join(text.split()).translate(_CONFUSABLE).upper()
+
+    return canonical(read) == canonical(drawn)
+
+
+def test_ocr_reads_drawn_text_as_one_track_alongside_scenes(stack, tmp_path):
+    drawn = draw_video(tmp_path / "text.mp4", frames=100, cuts=(50,), text_frames=range(0, 50))
+    stack.start_server()
+    stack.start_worker("reader")
+    api = Api(stack.address)
+    job = api.submit_pipelines(drawn.path.read_bytes(), ["ocr", "scenes"], {"target_fps": 5})
+    done = api.wait_terminal(job.job_id, timeout=180)
+    assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done.error
+    document = _document(stack, done)
+    assert document["sampling"]["sampled_frames"] == 20  # 4 s at 5 samples a second
+    tracks = [t for t in document["sections"]["ocr"]["tracks"] if _same_text(t["text"], drawn.text)]
+    assert len(tracks) == 1, document["sections"]["ocr"]["tracks"]
+    (track,) = tracks
+    assert track["start_time"] == 0.0
+    # The text is on screen until frame 49 (1.96 s); samples are 0.2 s apart.
+    assert 1.96 - 0.2 <= track["end_time"] <= 1.96
+    # The same decode fed scenes: the cut at frame 50 lands on the first sample after it.
+    assert [c["frame"] for c in document["sections"]["scenes"]["cuts"]] == [50]
+    api.close()
