@@ -29,15 +29,8 @@ class Api:
     def submit(
         self, data: bytes, pipeline: str = "probe", file_name: str = "clip.mp4", **parameters
     ) -> job_pb2.Job:
-        """Uploads `data` in 64 KiB chunks."""
-        header = js.UploadHeader(
-            file_name=file_name,
-            pipeline=pipeline,
-            expected_size_bytes=len(data),
-            expected_sha256=hashlib.sha256(data).hexdigest(),
-        )
-        header.parameters.update(parameters)
-        return self._upload(header, data)
+        """Uploads `data` in 64 KiB chunks for a job of one pipeline."""
+        return self._upload(_header(data, file_name, parameters, pipeline=pipeline), data)
 
     def submit_with(
         self,
@@ -50,17 +43,16 @@ class Api:
         queue_timeout: float | None = None,
         **parameters,
     ) -> job_pb2.Job:
-        """Uploads `data` with job options."""
-        header = js.UploadHeader(
-            file_name="clip.mp4",
+        """Uploads `data` for a probe job with job options."""
+        header = _header(
+            data,
+            "clip.mp4",
+            parameters,
             pipeline="probe",
             request_id=request_id,
             priority=priority,
             max_attempts=max_attempts,
-            expected_size_bytes=len(data),
-            expected_sha256=hashlib.sha256(data).hexdigest(),
         )
-        header.parameters.update(parameters)
         if execution_timeout is not None:
             header.execution_timeout.FromNanoseconds(int(execution_timeout * 1e9))
         if queue_timeout is not None:
@@ -68,21 +60,10 @@ class Api:
         return self._upload(header, data)
 
     def submit_pipelines(
-        self,
-        data: bytes,
-        pipelines: list[str],
-        parameters: dict,
-        file_name: str = "clip.mp4",
+        self, data: bytes, pipelines: list[str], parameters: dict, file_name: str = "clip.mp4"
     ) -> job_pb2.Job:
         """Uploads `data` for a job of several pipelines (or one, by `pipelines`)."""
-        header = js.UploadHeader(
-            file_name=file_name,
-            pipelines=pipelines,
-            expected_size_bytes=len(data),
-            expected_sha256=hashlib.sha256(data).hexdigest(),
-        )
-        header.parameters.update(parameters)
-        return self._upload(header, data)
+        return self._upload(_header(data, file_name, parameters, pipelines=pipelines), data)
 
     def cancel(self, job_id: str) -> job_pb2.Job:
         """CancelJob."""
@@ -130,6 +111,18 @@ class Api:
     def wait_terminal(self, job_id: str, timeout: float = 60.0) -> job_pb2.Job:
         """Waits for the job to end."""
         return self.wait_until(job_id, lambda j: j.state in TERMINAL, timeout, "the job to end")
+
+
+def _header(data: bytes, file_name: str, parameters: dict, **fields) -> js.UploadHeader:
+    """An upload header stating the size and SHA-256 of `data`."""
+    header = js.UploadHeader(
+        file_name=file_name,
+        expected_size_bytes=len(data),
+        expected_sha256=hashlib.sha256(data).hexdigest(),
+        **fields,
+    )
+    header.parameters.update(parameters)
+    return header
 
 
 def elapsed_since(start: float) -> float:

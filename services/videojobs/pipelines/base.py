@@ -5,7 +5,7 @@ returns the result document."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Literal, Protocol
 
@@ -30,8 +30,18 @@ class ParameterSpec:
     default: Any = None
     minimum: float | None = None
     maximum: float | None = None
+    # A rule the type cannot state (one of a set, a list of known names):
+    # called with the typed value, raises ValueError saying what is wrong.
+    check: Callable[[Any], object] | None = None
 
     def coerce(self, value: Any) -> Any:
+        """Returns `value` as this parameter's type, checked; or raises ValueError."""
+        typed = self._typed(value)
+        if self.check is not None:
+            self.check(typed)
+        return typed
+
+    def _typed(self, value: Any) -> Any:
         """Returns `value` as this parameter's type, or raises ValueError saying why not.
 
         Parameters travel as JSON (google.protobuf.Struct), where every number

@@ -43,14 +43,12 @@ Section: `{"tracks": [{"track_id", "class", "payload" (qr_code only),
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
 
-from videojobs.pipelines.base import ParameterError, ParameterSpec, PipelineFailure, PipelineSpec
+from videojobs.pipelines.base import ParameterSpec, PipelineFailure, PipelineSpec
 from videojobs.pipelines.frames import AnalysisContext, SampledFrame, SectionResult
 from videojobs.pipelines.tracking import Box, Detection, IoUTracker, box_dict, iou
 
@@ -112,31 +110,7 @@ def parse_classes(value: str) -> tuple[str, ...]:
     return tuple(c for c in CLASSES if c in names)
 
 
-@dataclass(frozen=True)
-class DetectSpec(PipelineSpec):
-    """The spec, plus the rule typed parameters cannot state: `classes` names
-    only known classes. Checked at submit like every other parameter."""
-
-    def validate(self, given: Mapping[str, Any], field_prefix: str = "parameters") -> dict:
-        """As PipelineSpec.validate, also refusing unknown or no `classes`."""
-        violations: list[tuple[str, str]] = []
-        clean: dict[str, Any] = {}
-        try:
-            clean = super().validate(given, field_prefix)
-        except ParameterError as exc:
-            violations = list(exc.violations)
-        classes = given.get("classes")
-        if isinstance(classes, str):
-            try:
-                parse_classes(classes)
-            except ValueError as exc:
-                violations.append((f"{field_prefix}.classes", str(exc)))
-        if violations:
-            raise ParameterError(violations)
-        return clean
-
-
-SPEC = DetectSpec(
+SPEC = PipelineSpec(
     name="detect",
     version="1.0.0",
     description="QR codes (decoded), faces and people per frame with OpenCV, tracked over time.",
@@ -146,6 +120,7 @@ SPEC = DetectSpec(
             "string",
             "Comma-separated classes to detect: any of qr_code, face, person.",
             ",".join(CLASSES),
+            check=parse_classes,
         ),
         ParameterSpec(
             "min_confidence", "float", "Drop detections below this confidence (0..1).", 0.3, 0, 1

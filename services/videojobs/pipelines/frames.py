@@ -214,9 +214,7 @@ def sample_frames(
                 continue
             last_sample_time = time
             report.sampled_frames += 1
-            yield SampledFrame(
-                index=index, time=round(time, 6), image=to_bgr(frame)
-            )
+            yield SampledFrame(index=index, time=round(time, 6), image=to_bgr(frame))
             if max_frames and report.sampled_frames >= max_frames:
                 return
     if report.decoded_frames == 0:

@@ -29,14 +29,12 @@ an `ArtifactOut(key, "image/jpeg", size_bytes, extra={"index", "time",
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
 
-from videojobs.pipelines.base import ParameterError, ParameterSpec, PipelineFailure, PipelineSpec
+from videojobs.pipelines.base import ParameterSpec, PipelineFailure, PipelineSpec
 from videojobs.pipelines.frames import AnalysisContext, ArtifactOut, SampledFrame, SectionResult
 from videojobs.pipelines.scenes import (
     MIN_SHOT_SECONDS_PARAMETER,
@@ -46,33 +44,20 @@ from videojobs.pipelines.scenes import (
 from videojobs.storage.blobstore import put_bytes
 
 MODES = ("shot", "interval")
+
+
+def check_mode(value: str) -> None:
+    """Raises ValueError unless `value` is one of MODES."""
+    if value not in MODES:
+        raise ValueError(f"must be one of: {', '.join(MODES)}")
+
+
 MEDIA_TYPE = "image/jpeg"
 # File names have four digits: the cap keeps them sortable as text.
 MAX_THUMBNAILS_LIMIT = 10_000
 
 
-@dataclass(frozen=True)
-class ThumbnailsSpec(PipelineSpec):
-    """The spec, plus the one rule typed parameters cannot state: `mode` is
-    one of MODES. Checked at submit like every other parameter."""
-
-    def validate(self, given: Mapping[str, Any], field_prefix: str = "parameters") -> dict:
-        """As PipelineSpec.validate, also refusing an unknown `mode`."""
-        violations: list[tuple[str, str]] = []
-        clean: dict[str, Any] = {}
-        try:
-            clean = super().validate(given, field_prefix)
-        except ParameterError as exc:
-            violations = list(exc.violations)
-        mode = given.get("mode")
-        if isinstance(mode, str) and mode not in MODES:
-            violations.append((f"{field_prefix}.mode", f"must be one of: {', '.join(MODES)}"))
-        if violations:
-            raise ParameterError(violations)
-        return clean
-
-
-SPEC = ThumbnailsSpec(
+SPEC = PipelineSpec(
     name="thumbnails",
     version="1.0.0",
     description="JPEG thumbnails, one per shot or one per time interval, stored as artifacts.",
@@ -85,6 +70,7 @@ SPEC = ThumbnailsSpec(
                 "'shot': one image per shot (its first sampled frame); "
                 "'interval': one image every interval_seconds of video time."
             ),
+            check=check_mode,
         ),
         ParameterSpec(
             name="interval_seconds",
