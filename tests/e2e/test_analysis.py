@@ -76,6 +76,8 @@ def test_multi_pipeline_job_over_one_decode(stack, tmp_path):
     store = open_blob_store(str(stack.data_dir / "storage"))
     images = document["sections"]["thumbnails"]["images"]
     assert len(images) == len(drawn.cuts) + 1
+    # One per shot, taken at each shot's first frame.
+    assert [image["frame"] for image in images] == [0, *drawn.cuts]
     artifacts = {a.key: a for a in done.artifacts}
     for image in images:
         with store.open_read(StorageKey(image["key"])) as handle:
@@ -84,7 +86,11 @@ def test_multi_pipeline_job_over_one_decode(stack, tmp_path):
         assert decoded.shape[1] == image["width"] == 160
         assert decoded.shape[0] == image["height"] == 90
         assert artifacts[image["key"]].size_bytes == len(data) == image["size_bytes"]
-        assert artifacts[image["key"]].media_type == "image/jpeg"
+        artifact = artifacts[image["key"]]
+        assert artifact.media_type == "image/jpeg"
+        assert (artifact.width, artifact.height) == (image["width"], image["height"])
+        assert artifact.index == image["index"] and artifact.frame_index == image["frame"]
+        assert artifact.time_seconds == pytest.approx(image["time"])
         assert image["key"].startswith(f"jobs/{job.job_id}/attempts/1/")
     assert json_format.MessageToDict(done.summary)["scenes"]["shots"] == 2
     api.close()

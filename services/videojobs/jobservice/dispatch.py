@@ -441,10 +441,7 @@ class DispatchCoordinator:
                 EventKind.COMPLETED,
                 {
                     "output_key": output_key.value,
-                    "artifacts": [
-                        {"key": a.key.value, "media_type": a.media_type, "size_bytes": a.size_bytes}
-                        for a in artifacts
-                    ],
+                    "artifacts": [a.to_dict() for a in artifacts],
                     "summary": summary,
                     "warnings": list(warnings or []),
                 },

@@ -129,6 +129,24 @@ class Artifact:
     key: StorageKey
     media_type: str
     size_bytes: int
+    width: int = 0
+    height: int = 0
+    time_seconds: float = 0.0
+    index: int = 0
+    frame_index: int = 0
+
+    def to_dict(self) -> dict:
+        """JSON-shaped, as stored in the completed event."""
+        return {
+            "key": self.key.value,
+            "media_type": self.media_type,
+            "size_bytes": self.size_bytes,
+            "width": self.width,
+            "height": self.height,
+            "time_seconds": self.time_seconds,
+            "index": self.index,
+            "frame_index": self.frame_index,
+        }
 
 
 class AttemptOutcome(enum.StrEnum):

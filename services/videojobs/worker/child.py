@@ -97,7 +97,16 @@ def run(task: ChildTask, reporter: LineReporter) -> None:
             "type": "completed",
             "output_key": output_key.value,
             "artifacts": [
-                {"key": a.key.value, "media_type": a.media_type, "size_bytes": a.size_bytes}
+                {
+                    "key": a.key.value,
+                    "media_type": a.media_type,
+                    "size_bytes": a.size_bytes,
+                    "width": int(a.extra.get("width", 0)),
+                    "height": int(a.extra.get("height", 0)),
+                    "time_seconds": float(a.extra.get("time", 0.0)),
+                    "index": int(a.extra.get("index", 0)),
+                    "frame_index": int(a.extra.get("frame", 0)),
+                }
                 for a in output.artifacts
             ],
             "summary": output.summary,

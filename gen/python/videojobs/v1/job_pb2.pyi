@@ -132,14 +132,24 @@ class Progress(_message.Message):
     def __init__(self, fraction: _Optional[float] = ..., stage: _Optional[str] = ...) -> None: ...
 
 class Artifact(_message.Message):
-    __slots__ = ("key", "media_type", "size_bytes")
+    __slots__ = ("key", "media_type", "size_bytes", "width", "height", "time_seconds", "index", "frame_index")
     KEY_FIELD_NUMBER: _ClassVar[int]
     MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    TIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
     key: str
     media_type: str
     size_bytes: int
-    def __init__(self, key: _Optional[str] = ..., media_type: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+    width: int
+    height: int
+    time_seconds: float
+    index: int
+    frame_index: int
+    def __init__(self, key: _Optional[str] = ..., media_type: _Optional[str] = ..., size_bytes: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., time_seconds: _Optional[float] = ..., index: _Optional[int] = ..., frame_index: _Optional[int] = ...) -> None: ...
 
 class JobEvent(_message.Message):
     __slots__ = ("job_id", "sequence", "create_time", "job_state", "attempt", "state_changed", "progress", "partial_result", "completed", "failed", "cancelled")

@@ -84,7 +84,14 @@ def error_status(
 def artifact(value: domain.Artifact) -> job_pb2.Artifact:
     """An Artifact message."""
     return job_pb2.Artifact(
-        key=value.key.value, media_type=value.media_type, size_bytes=value.size_bytes
+        key=value.key.value,
+        media_type=value.media_type,
+        size_bytes=value.size_bytes,
+        width=value.width,
+        height=value.height,
+        time_seconds=value.time_seconds,
+        index=value.index,
+        frame_index=value.frame_index,
     )
 
 

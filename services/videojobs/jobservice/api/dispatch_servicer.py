@@ -158,7 +158,14 @@ class DispatchServicer(dispatch_service_pb2_grpc.DispatchServiceServicer):
                 output_key = _key(report.output_key, "completion.output_key")
                 artifacts = [
                     Artifact(
-                        _key(a.key, f"completion.artifacts[{i}].key"), a.media_type, a.size_bytes
+                        _key(a.key, f"completion.artifacts[{i}].key"),
+                        a.media_type,
+                        a.size_bytes,
+                        a.width,
+                        a.height,
+                        a.time_seconds,
+                        a.index,
+                        a.frame_index,
                     )
                     for i, a in enumerate(report.artifacts)
                 ]

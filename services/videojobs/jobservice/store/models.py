@@ -139,6 +139,12 @@ class ArtifactRow(Base):
     key: Mapped[str] = mapped_column(String(1024))
     media_type: Mapped[str] = mapped_column(String(128))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
+    # Image metadata (thumbnails); zero for other files.
+    width: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    height: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    time_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    series_index: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    frame_index: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class EventRow(Base):

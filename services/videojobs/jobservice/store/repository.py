@@ -310,6 +310,11 @@ class JobRepository:
                     key=artifact.key.value,
                     media_type=artifact.media_type,
                     size_bytes=artifact.size_bytes,
+                    width=artifact.width,
+                    height=artifact.height,
+                    time_seconds=artifact.time_seconds,
+                    series_index=artifact.index,
+                    frame_index=artifact.frame_index,
                 )
             )
 
@@ -357,7 +362,16 @@ class JobRepository:
         found: dict[str, list[Artifact]] = {}
         for row in (await self.session.execute(statement)).scalars():
             found.setdefault(row.job_id, []).append(
-                Artifact(StorageKey(row.key), row.media_type, row.size_bytes)
+                Artifact(
+                    StorageKey(row.key),
+                    row.media_type,
+                    row.size_bytes,
+                    row.width,
+                    row.height,
+                    row.time_seconds,
+                    row.series_index,
+                    row.frame_index,
+                )
             )
         return {job_id: tuple(items) for job_id, items in found.items()}
 
