@@ -10,6 +10,7 @@ replica sharing the database.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator
 
 from videojobs.jobservice.domain import JobEvent, JobState, check_job_id, job_not_found
@@ -23,6 +24,19 @@ class EventHub:
 
     def __init__(self) -> None:
         self._signals: dict[str, asyncio.Event] = {}
+        self._followers: Counter[str] = Counter()
+
+    def follow(self, job_id: str) -> None:
+        """A follower of `job_id` starts."""
+        self._followers[job_id] += 1
+
+    def unfollow(self, job_id: str) -> None:
+        """A follower of `job_id` ends; the last one takes the job's signal
+        with it, so jobs nobody follows any more cost no memory."""
+        self._followers[job_id] -= 1
+        if self._followers[job_id] <= 0:
+            del self._followers[job_id]
+            self._signals.pop(job_id, None)
 
     def signal_for(self, job_id: str) -> asyncio.Event:
         """The event that will be set on the next commit touching `job_id`.
@@ -57,6 +71,14 @@ class EventFeed:
         """Events of `job_id` after `after_sequence`, stored then live, ending with
         the terminal event. Raises NOT_FOUND for an unknown job."""
         check_job_id(job_id)
+        self._hub.follow(job_id)
+        try:
+            async for event in self._follow(job_id, after_sequence):
+                yield event
+        finally:
+            self._hub.unfollow(job_id)
+
+    async def _follow(self, job_id: str, after_sequence: int) -> AsyncIterator[JobEvent]:
         sequence = after_sequence
         while True:
             signal = self._hub.signal_for(job_id)

@@ -103,6 +103,8 @@ class WorkerAgent:
                     log.error("job-service refused this worker: %s", exc.details())
                 else:
                     log.warning("job-service unreachable (%s); retrying", exc.code().name)
+            except Exception:  # noqa: BLE001 - the session loop must outlive any one session
+                log.exception("dispatch session failed; reconnecting")
             if self._closing.is_set():
                 break
             if welcomed:
