@@ -83,7 +83,10 @@ def test_chaos_every_job_succeeds_exactly_once(stack, sample_mp4):
     deadline = started + 600
     while True:
         finished = eventually_sync(
-            lambda: (n := _count_finished(api)) >= 0 and (n,), timeout=60, what="job counts"
+            lambda: (n := _count_finished(api)) >= 0 and (n,),
+            timeout=60,
+            interval=0.25,
+            what="job counts",
         )[0]
         if finished >= JOBS:
             break
@@ -107,7 +110,12 @@ def test_chaos_every_job_succeeds_exactly_once(stack, sample_mp4):
                 continue
         # Wait for progress before deciding again (a condition, not a nap).
         eventually_sync(
-            lambda f=finished: _count_finished(api) != f, timeout=120, what="more jobs to end"
+            lambda f=finished: _count_finished(api) != f,
+            timeout=120,
+            # Listing 300 jobs is not free: poll gently so the test does not
+            # load job-service more than the workers do.
+            interval=0.25,
+            what="more jobs to end",
         )
 
     elapsed = time.monotonic() - started
