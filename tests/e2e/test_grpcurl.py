@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from videojobs.pipelines import builtin_catalogue
 from videojobs.v1 import job_pb2
 
 from support.sync_api import Api
@@ -111,7 +112,8 @@ def test_json_calls_return_the_job_and_the_worker_status(running, tmp_path):
     status = json.loads(grpcurl_ok(worker.address, "videojobs.v1.WorkerService/GetWorkerStatus"))
     assert status["worker_id"] == "curl-worker"
     assert status["connected"] is True
-    assert status["pipelines"] == ["probe"]
+    # A worker announces every installed pipeline unless told otherwise.
+    assert status["pipelines"] == builtin_catalogue().names
     assert status["job_service_address"] == stack.address
     assert not status.get("jobs"), status  # the job is over
 
