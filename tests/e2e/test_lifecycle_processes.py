@@ -186,3 +186,29 @@ def worker_status(worker):
         return worker_service_pb2_grpc.WorkerServiceStub(channel).GetWorkerStatus(
             worker_service_pb2.GetWorkerStatusRequest(), timeout=10
         )
+
+
+def test_reassignment_after_a_stream_break_is_prompt(stack, sample_mp4):
+    """With a free worker waiting, a killed worker's job runs again on it as
+    soon as the stream breaks; the delay is printed (a measurement, not a test)."""
+    stack.start_server(VIDEOJOBS_LEASE_DURATION="30")
+    api = Api(stack.address)
+    doomed = stack.start_worker("doomed")
+    doomed.signal(signal.SIGSTOP)
+    job = api.submit(sample_mp4)
+    api.wait_until(job.job_id, lambda j: j.state == job_pb2.JOB_STATE_RUNNING, what="assignment")
+    # The standby connects only now, so the job certainly went to `doomed`.
+    stack.start_worker("standby")
+    killed_at = time.time()
+    doomed.kill()
+    done = api.wait_terminal(job.job_id)
+    assert done.state == job_pb2.JOB_STATE_SUCCEEDED
+    lost, rerun = done.attempts
+    assert (lost.worker_id, rerun.worker_id) == ("doomed", "standby")
+    assert lost.outcome == OUTCOME.ATTEMPT_OUTCOME_LEASE_LOST
+    # Requeued because its stream broke, not because its (30 s) lease expired.
+    assert lost.error.message == "worker doomed disconnected"
+    requeued = lost.end_time.ToDatetime().timestamp() - killed_at
+    reassigned = rerun.start_time.ToDatetime().timestamp() - killed_at
+    print(f"\nworker kill -9 -> requeued {requeued:.3f}s, -> reassigned {reassigned:.3f}s")
+    api.close()
