@@ -53,8 +53,15 @@ def make_clip(path: Path) -> None:
             side = code.shape[0]
             qx = (index * 3) % (WIDTH - side)
             image[HEIGHT - side - 20 : HEIGHT - 20, qx : qx + side] = code
-            cv2.putText(image, f"SCENE {shot} FRAME {index}", (40, 80),
-                        cv2.FONT_HERSHEY_SIMPLEX, 2, (255, 255, 255), 4)
+            cv2.putText(
+                image,
+                f"SCENE {shot} FRAME {index}",
+                (40, 80),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                2,
+                (255, 255, 255),
+                4,
+            )
             yield image
 
     write_frames(path, frames(), fps=FPS, crf=23)
@@ -131,8 +138,10 @@ def main() -> None:
         if reference is None:
             print("ffmpeg: not installed (apt-get install ffmpeg) - no reference figure")
         else:
-            print(f"ffmpeg -i clip -f null -: {reference:.1f} fps; sampling / ffmpeg = "
-                  f"{sampled / reference:.0%}")
+            print(
+                f"ffmpeg -i clip -f null -: {reference:.1f} fps; sampling / ffmpeg = "
+                f"{sampled / reference:.0%}"
+            )
         print(f"probe (count_frames=true): {probe_seconds(clip):.2f} s for the whole clip")
         for name in ("scenes", "thumbnails", "detect", "ocr"):
             fps, analysed = pipeline_fps(clip, name, scratch)
