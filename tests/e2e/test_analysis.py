@@ -8,7 +8,9 @@ import json
 import random
 from importlib import resources
 
+import av
 import cv2
+import grpc
 import jsonschema
 import numpy as np
 import pytest
@@ -161,8 +163,6 @@ def _bad_videos(tmp_path) -> dict[str, bytes]:
 
 
 def _remux_faststart(source, target) -> None:
-    import av
-
     with (
         av.open(str(source)) as src,
         av.open(str(target), "w", format="mp4", options={"movflags": "faststart"}) as dst,
@@ -188,10 +188,6 @@ EXPECTED = {
 
 
 def test_every_bad_video_has_its_documented_outcome(stack, tmp_path):
-    import grpc
-
-    from support.grpc_status import RichError  # noqa: F401 - documents the shape
-
     videos = _bad_videos(tmp_path)
     stack.start_server()
     worker = stack.start_worker("sturdy")
