@@ -366,8 +366,9 @@ class DispatchCoordinator:
             del session.stopping[job_id]
             self._wake_dispatcher.set()
         for job_id, token in running.items():
-            if session.leases.get(job_id) != token:
-                # The worker runs something that is not (or no longer) its lease.
+            if session.leases.get(job_id) != token and session.stopping.get(job_id) != token:
+                # The worker runs something that is not (or no longer) its
+                # lease, and nobody told it to stop yet.
                 session.outbox.put_nowait(StopOrder(job_id, token, "lease_lost"))
         expiry = utc_now() + timedelta(seconds=self.settings.lease_duration)
         async with self._database.transaction() as repository:
