@@ -252,6 +252,14 @@ def test_no_host_path_anywhere_after_a_realistic_mix(stack, tmp_path):
             api.submit(with_audio, file_name="with-audio.mp4", count_frames=True),
             api.submit(silent, file_name="silent.mp4", count_frames=True, verify_frames=5),
             api.submit(undecodable, file_name="undecodable.mp4", count_frames=True),
+            # Every frame pipeline at once: thumbnails add artifact keys, a
+            # corrupt stream adds warnings.
+            api.submit_pipelines(
+                with_audio,
+                ["detect", "ocr", "scenes", "thumbnails"],
+                {"target_fps": 5, "thumbnails": {"mode": "interval", "interval_seconds": 0.5}},
+                file_name="analysed.mp4",
+            ),
         ]
         cli_submit = stack.cli(
             "submit", str(videos / "from-cli.mp4"), "--param", "count_frames=true", "--wait"
@@ -268,7 +276,8 @@ def test_no_host_path_anywhere_after_a_realistic_mix(stack, tmp_path):
         done = {job.job_id: api.wait_terminal(job.job_id) for job in jobs}
         done.update({job_id: api.wait_terminal(job_id) for job_id in cli_job_ids})
         failed = jobs[2].job_id
-        for job_id in [jobs[0].job_id, jobs[1].job_id, *cli_job_ids]:
+        assert done[jobs[3].job_id].artifacts, "the analysed job stored no thumbnails"
+        for job_id in [jobs[0].job_id, jobs[1].job_id, jobs[3].job_id, *cli_job_ids]:
             assert done[job_id].state == job_pb2.JOB_STATE_SUCCEEDED, done[job_id].error
         assert done[failed].state == job_pb2.JOB_STATE_FAILED
         assert done[failed].error.message, "the failed job says nothing"
@@ -330,7 +339,8 @@ def test_no_host_path_anywhere_after_a_realistic_mix(stack, tmp_path):
     storage_root = stack.data_dir / "storage"
     storage = _storage(storage_root)
     results = [key for key in storage if key.endswith("/results.json")]
-    assert len(results) == 4, sorted(storage)
+    assert len(results) == 5, sorted(storage)  # one per successful job
+    assert any("/thumbnails/" in key for key in storage), sorted(storage)
     collected["storage"] = storage
     # No file in storage hides under a name that is not a key.
     on_disk = {
