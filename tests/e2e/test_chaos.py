@@ -19,7 +19,7 @@ from videojobs.storage import StorageKey, open_blob_store
 from videojobs.v1 import job_pb2, worker_service_pb2, worker_service_pb2_grpc
 from videojobs.v1 import job_service_pb2 as js
 
-from support.processes import ServiceProcess
+from support.processes import ServiceProcess, wait_connected
 from support.sync_api import TERMINAL, Api
 from support.waiting import eventually_sync
 
@@ -95,6 +95,10 @@ def test_chaos_every_job_succeeds_exactly_once(stack, sample_mp4):
             stack.server.kill()
             server_kills += 1
             stack.start_server(**SERVER_ENV)
+            # Workers reconnect by themselves; the next worker kill must hit a
+            # connected worker, so that it tests the stream-break path.
+            for worker in workers:
+                wait_connected(worker)
             continue
         if finished >= next_kill_at:
             busy = [w for w in workers if w.running() and _jobs_in_hand(w)]
