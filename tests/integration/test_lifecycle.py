@@ -291,3 +291,13 @@ async def test_idempotent_submit_across_a_restart(start_job_service, tmp_path, s
     assert rich_error(caught.value).reason == "REQUEST_ID_REUSED"
     listed = await second.stub.ListJobs(js.ListJobsRequest())
     assert [j.job_id for j in listed.jobs] == [original.job_id]
+
+
+async def test_a_worker_reconnecting_while_draining_gets_nothing(job_service, sample_mp4):
+    job = await submit(job_service.stub, sample_mp4)
+    draining = ScriptedWorker(job_service.address, worker_id="leaving")
+    draining.hello.draining = True
+    async with draining:
+        with pytest.raises(TimeoutError):
+            await draining.next("assignment", timeout=0.5)
+    assert (await _job(job_service, job.job_id)).state == job_pb2.JOB_STATE_QUEUED

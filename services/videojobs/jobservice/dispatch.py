@@ -89,6 +89,7 @@ class WorkerHello:
     max_concurrent_jobs: int
     held_leases: dict[str, str] = field(default_factory=dict)  # job_id -> lease_token
     version: str = ""
+    draining: bool = False
 
 
 @dataclass(eq=False)
@@ -245,7 +246,7 @@ class DispatchCoordinator:
     async def open_session(self, hello: WorkerHello) -> WorkerSession:
         """Registers a worker; adopts the leases it still holds that are current."""
         validate_hello(hello)
-        session = WorkerSession(hello=hello)
+        session = WorkerSession(hello=hello, draining=hello.draining)
         expiry = utc_now() + timedelta(seconds=self.settings.lease_duration)
         async with self._database.transaction() as repository:
             rows = await repository.running_on_tokens(hello.held_leases.values())

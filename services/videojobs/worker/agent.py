@@ -197,6 +197,7 @@ class WorkerAgent:
                 max_concurrent_jobs=self.settings.concurrency,
                 held_leases=held,
                 version=VERSION,
+                draining=self.draining,
             )
         )
         while True:

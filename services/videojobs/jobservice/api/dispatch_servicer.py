@@ -86,6 +86,7 @@ class DispatchServicer(dispatch_service_pb2_grpc.DispatchServiceServicer):
                 max_concurrent_jobs=hello.max_concurrent_jobs,
                 held_leases=held,
                 version=hello.version,
+                draining=hello.draining,
             )
         )
         reader = asyncio.create_task(self._read(session, request_iterator))
