@@ -84,7 +84,7 @@ async def test_follow_resumes_across_a_server_restart(start_job_service, tmp_pat
         await first.app.stop()
         second = await start_job_service(data_dir=shared, listen=address, lease_duration=30.0)
         held = [dpb.HeldLease(job_id=job.job_id, lease_token=assignment.lease_token)]
-        async with ScriptedWorker(second.address, held=held) as worker:
+        async with ScriptedWorker(second.address, store=second.storage, held=held) as worker:
             worker.partial(assignment, {"after": "restart"})
             worker.complete(assignment)
             async for event in follower:

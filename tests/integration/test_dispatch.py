@@ -22,7 +22,7 @@ async def _job(service, job_id: str) -> job_pb2.Job:
 
 async def test_oldest_first_and_never_over_capacity(job_service, sample_mp4):
     jobs = [await submit(job_service.stub, sample_mp4) for _ in range(3)]
-    async with ScriptedWorker(job_service.address, capacity=2) as worker:
+    async with ScriptedWorker(job_service.address, store=job_service.storage, capacity=2) as worker:
         first = await worker.next("assignment")
         second = await worker.next("assignment")
         assert [first.job_id, second.job_id] == [jobs[0].job_id, jobs[1].job_id]
@@ -35,16 +35,20 @@ async def test_oldest_first_and_never_over_capacity(job_service, sample_mp4):
 
 async def test_a_job_waits_for_a_worker_that_runs_its_pipeline(job_service, sample_mp4):
     job = await submit(job_service.stub, sample_mp4)
-    async with ScriptedWorker(job_service.address, worker_id="other", pipelines=("ocr",)) as other:
+    async with ScriptedWorker(
+        job_service.address, store=job_service.storage, worker_id="other", pipelines=("ocr",)
+    ) as other:
         with pytest.raises(TimeoutError):
             await other.next("assignment", timeout=0.5)
-        async with ScriptedWorker(job_service.address, worker_id="prober") as prober:
+        async with ScriptedWorker(
+            job_service.address, store=job_service.storage, worker_id="prober"
+        ) as prober:
             assert (await prober.next("assignment")).job_id == job.job_id
 
 
 async def test_broken_stream_requeues_with_next_attempt(job_service, sample_mp4):
     job = await submit(job_service.stub, sample_mp4)
-    worker = ScriptedWorker(job_service.address, worker_id="doomed")
+    worker = ScriptedWorker(job_service.address, store=job_service.storage, worker_id="doomed")
     await worker.__aenter__()
     first = await worker.next("assignment")
     await worker.disconnect()
@@ -54,7 +58,9 @@ async def test_broken_stream_requeues_with_next_attempt(job_service, sample_mp4)
         return current.state == job_pb2.JOB_STATE_QUEUED and current.attempt == 2
 
     await eventually(requeued, what="requeue with attempt 2")
-    async with ScriptedWorker(job_service.address, worker_id="rescuer") as rescuer:
+    async with ScriptedWorker(
+        job_service.address, store=job_service.storage, worker_id="rescuer"
+    ) as rescuer:
         second = await rescuer.next("assignment")
         assert second.attempt == 2
         assert second.lease_token != first.lease_token
@@ -74,7 +80,7 @@ async def _state_is(service, job_id, state) -> bool:
 
 async def test_stale_lease_reports_are_refused(job_service, sample_mp4):
     job = await submit(job_service.stub, sample_mp4)
-    async with ScriptedWorker(job_service.address) as worker:
+    async with ScriptedWorker(job_service.address, store=job_service.storage) as worker:
         assignment = await worker.next("assignment")
         forged = dpb.Assignment()
         forged.CopyFrom(assignment)
@@ -100,7 +106,7 @@ async def test_stale_lease_reports_are_refused(job_service, sample_mp4):
 )
 async def test_worker_keys_must_be_relative(job_service, sample_mp4, output_key, field):
     job = await submit(job_service.stub, sample_mp4)
-    async with ScriptedWorker(job_service.address) as worker:
+    async with ScriptedWorker(job_service.address, store=job_service.storage) as worker:
         assignment = await worker.next("assignment")
         worker.complete(assignment, output_key=output_key)
         error = await worker.ended()
@@ -120,7 +126,7 @@ async def test_worker_keys_must_be_relative(job_service, sample_mp4, output_key,
 
 async def test_completion_outside_its_attempt_prefix_is_refused(job_service, sample_mp4):
     job = await submit(job_service.stub, sample_mp4)
-    async with ScriptedWorker(job_service.address) as worker:
+    async with ScriptedWorker(job_service.address, store=job_service.storage) as worker:
         assignment = await worker.next("assignment")
         worker.complete(assignment, output_key=f"jobs/{job.job_id}/attempts/7/results.json")
         error = rich_error(await worker.ended())
@@ -129,7 +135,9 @@ async def test_completion_outside_its_attempt_prefix_is_refused(job_service, sam
 
 
 async def test_invalid_hello_is_refused(job_service):
-    worker = ScriptedWorker(job_service.address, worker_id="bad id with spaces", capacity=0)
+    worker = ScriptedWorker(
+        job_service.address, store=job_service.storage, worker_id="bad id with spaces", capacity=0
+    )
     with pytest.raises(AssertionError):
         await worker.__aenter__()
     details = rich_error(worker.error)
@@ -142,7 +150,7 @@ async def test_failure_reports_fail_the_job_with_their_error(job_service, sample
     from google.rpc import code_pb2, error_details_pb2, status_pb2
 
     job = await submit(job_service.stub, sample_mp4)
-    async with ScriptedWorker(job_service.address) as worker:
+    async with ScriptedWorker(job_service.address, store=job_service.storage) as worker:
         assignment = await worker.next("assignment")
         status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message="does not decode")
         status.details.add().Pack(error_details_pb2.ErrorInfo(reason="INPUT_NOT_DECODABLE"))
@@ -167,7 +175,7 @@ async def test_retryable_failure_is_retried_until_attempts_run_out(start_job_ser
 
     service = await start_job_service(max_attempts=2)
     job = await submit(service.stub, sample_mp4)
-    async with ScriptedWorker(service.address) as worker:
+    async with ScriptedWorker(service.address, store=service.storage) as worker:
         for attempt in (1, 2):
             assignment = await worker.next("assignment")
             assert assignment.attempt == attempt
@@ -190,14 +198,14 @@ async def test_restarted_server_lets_the_worker_keep_its_lease(
 ):
     first = await start_job_service(data_dir=tmp_path / "shared", lease_duration=30.0)
     job = await submit(first.stub, sample_mp4)
-    async with ScriptedWorker(first.address) as worker:
+    async with ScriptedWorker(first.address, store=first.storage) as worker:
         assignment = await worker.next("assignment")
     # The server goes away while the job runs (as with a crash: leases stay).
     first.app.dispatch_servicer.shutting_down = True
     await first.app.stop()
     second = await start_job_service(data_dir=tmp_path / "shared", lease_duration=30.0)
     held = [dpb.HeldLease(job_id=job.job_id, lease_token=assignment.lease_token)]
-    async with ScriptedWorker(second.address, held=held) as worker:
+    async with ScriptedWorker(second.address, store=second.storage, held=held) as worker:
         worker.complete(assignment)
         await eventually(
             lambda: _state_is(second, job.job_id, job_pb2.JOB_STATE_SUCCEEDED), what="success"
@@ -209,7 +217,7 @@ async def test_restarted_server_lets_the_worker_keep_its_lease(
 async def test_silent_worker_loses_its_lease_at_expiry(start_job_service, sample_mp4):
     service = await start_job_service(heartbeat_interval=0.1, lease_duration=0.6)
     job = await submit(service.stub, sample_mp4)
-    async with ScriptedWorker(service.address, worker_id="silent") as silent:
+    async with ScriptedWorker(service.address, store=service.storage, worker_id="silent") as silent:
         first = await silent.next("assignment")
         # No heartbeats: the lease runs out, the job is requeued, the worker is told.
         stop = await silent.next("stop_job", timeout=5)
@@ -236,7 +244,7 @@ async def test_silent_worker_loses_its_lease_at_expiry(start_job_service, sample
 async def test_heartbeats_keep_a_lease_alive(start_job_service, sample_mp4):
     service = await start_job_service(heartbeat_interval=0.1, lease_duration=0.6)
     job = await submit(service.stub, sample_mp4)
-    async with ScriptedWorker(service.address) as worker:
+    async with ScriptedWorker(service.address, store=service.storage) as worker:
         assignment = await worker.next("assignment")
         # Heartbeat for well over two lease durations, each time waiting until
         # the server has seen progress, then complete: still the same attempt.

@@ -55,7 +55,7 @@ async def test_retries_back_off_then_fail_with_history(start_job_service, sample
     service = await start_job_service(retry_backoff_base=0.3, retry_backoff_max=5.0)
     job = await submit(service.stub, sample_mp4, max_attempts=3)
     assert job.max_attempts == 3
-    async with ScriptedWorker(service.address) as worker:
+    async with ScriptedWorker(service.address, store=service.storage) as worker:
         for attempt in (1, 2, 3):
             assignment = await worker.next("assignment")
             assert assignment.attempt == attempt
@@ -89,7 +89,7 @@ async def test_retries_back_off_then_fail_with_history(start_job_service, sample
 
 async def test_non_retryable_failure_is_final_at_once(job_service, sample_mp4):
     job = await submit(job_service.stub, sample_mp4, max_attempts=5)
-    async with ScriptedWorker(job_service.address) as worker:
+    async with ScriptedWorker(job_service.address, store=job_service.storage) as worker:
         _fail(worker, await worker.next("assignment"), retryable=False, message="bad input")
         final = await _wait_state(job_service, job.job_id, job_pb2.JOB_STATE_FAILED)
     assert final.attempt == 1
@@ -99,7 +99,7 @@ async def test_non_retryable_failure_is_final_at_once(job_service, sample_mp4):
 async def test_execution_timeout_is_enforced_by_the_server(start_job_service, sample_mp4):
     service = await start_job_service(retry_backoff_base=0.05)
     job = await submit(service.stub, sample_mp4, max_attempts=2, execution_timeout=_seconds(0.5))
-    async with ScriptedWorker(service.address) as worker:
+    async with ScriptedWorker(service.address, store=service.storage) as worker:
         first = await worker.next("assignment")
         deadline = first.execution_deadline.ToDatetime() - first.lease_expire_time.ToDatetime()
         assert first.HasField("execution_deadline")
@@ -146,7 +146,7 @@ async def test_highest_priority_first_then_oldest(job_service, sample_mp4):
     high = await submit(job_service.stub, sample_mp4, priority=5)
     normal_new = await submit(job_service.stub, sample_mp4)
     order = []
-    async with ScriptedWorker(job_service.address) as worker:
+    async with ScriptedWorker(job_service.address, store=job_service.storage) as worker:
         for _ in range(4):
             assignment = await worker.next("assignment")
             order.append(assignment.job_id)
@@ -160,7 +160,7 @@ async def test_old_low_priority_jobs_are_not_starved(start_job_service, sample_m
     service = await start_job_service(priority_step=1e-6)
     old_low = await submit(service.stub, sample_mp4, priority=-1)
     new_high = await submit(service.stub, sample_mp4, priority=1)
-    async with ScriptedWorker(service.address) as worker:
+    async with ScriptedWorker(service.address, store=service.storage) as worker:
         first = await worker.next("assignment")
         assert first.job_id == old_low.job_id
         worker.complete(first)
@@ -191,8 +191,12 @@ async def test_bad_job_options_are_refused(job_service, sample_mp4):
 async def test_work_spreads_by_free_capacity_and_never_exceeds_it(job_service, sample_mp4):
     jobs = [await submit(job_service.stub, sample_mp4) for _ in range(5)]
     async with (
-        ScriptedWorker(job_service.address, worker_id="big", capacity=3) as big,
-        ScriptedWorker(job_service.address, worker_id="small", capacity=1) as small,
+        ScriptedWorker(
+            job_service.address, store=job_service.storage, worker_id="big", capacity=3
+        ) as big,
+        ScriptedWorker(
+            job_service.address, store=job_service.storage, worker_id="small", capacity=1
+        ) as small,
     ):
         got_small = [await small.next("assignment")]
         got_big = [await big.next("assignment") for _ in range(3)]
@@ -207,7 +211,9 @@ async def test_work_spreads_by_free_capacity_and_never_exceeds_it(job_service, s
 
 async def test_stopped_job_is_handed_back_at_once(job_service, sample_mp4):
     job = await submit(job_service.stub, sample_mp4)
-    async with ScriptedWorker(job_service.address, worker_id="leaving") as worker:
+    async with ScriptedWorker(
+        job_service.address, store=job_service.storage, worker_id="leaving"
+    ) as worker:
         assignment = await worker.next("assignment")
         # As a draining worker does: announce the drain, then give the job back.
         worker.heartbeat(assignment, draining=True)
@@ -220,7 +226,7 @@ async def test_stopped_job_is_handed_back_at_once(job_service, sample_mp4):
 
 
 async def test_draining_worker_gets_no_new_jobs(job_service, sample_mp4):
-    async with ScriptedWorker(job_service.address, capacity=2) as worker:
+    async with ScriptedWorker(job_service.address, store=job_service.storage, capacity=2) as worker:
         first_job = await submit(job_service.stub, sample_mp4)
         first = await worker.next("assignment")
         assert first.job_id == first_job.job_id
@@ -242,7 +248,9 @@ async def test_a_job_that_keeps_losing_workers_fails(start_job_service, sample_m
     service = await start_job_service(max_lease_losses=1)
     job = await submit(service.stub, sample_mp4)
     for attempt in (1, 2):
-        worker = ScriptedWorker(service.address, worker_id=f"flaky-{attempt}")
+        worker = ScriptedWorker(
+            service.address, store=service.storage, worker_id=f"flaky-{attempt}"
+        )
         await worker.__aenter__()
         assert (await worker.next("assignment")).attempt == attempt
         await worker.disconnect()
@@ -255,7 +263,7 @@ async def test_cancel_survives_a_restart(start_job_service, tmp_path, sample_mp4
     shared = tmp_path / "shared"
     first = await start_job_service(data_dir=shared, lease_duration=30.0)
     job = await submit(first.stub, sample_mp4)
-    async with ScriptedWorker(first.address) as worker:
+    async with ScriptedWorker(first.address, store=first.storage) as worker:
         assignment = await worker.next("assignment")
     first.app.dispatch_servicer.shutting_down = True
     await first.app.stop()
@@ -268,7 +276,7 @@ async def test_cancel_survives_a_restart(start_job_service, tmp_path, sample_mp4
     # The worker comes back still running it: it is told to stop, and its
     # completion is refused.
     held = [dpb.HeldLease(job_id=job.job_id, lease_token=assignment.lease_token)]
-    async with ScriptedWorker(third.address, held=held) as worker:
+    async with ScriptedWorker(third.address, store=third.storage, held=held) as worker:
         stop = await worker.next("stop_job")
         assert stop.job_id == job.job_id
         worker.complete(assignment)
@@ -295,7 +303,7 @@ async def test_idempotent_submit_across_a_restart(start_job_service, tmp_path, s
 
 async def test_a_worker_reconnecting_while_draining_gets_nothing(job_service, sample_mp4):
     job = await submit(job_service.stub, sample_mp4)
-    draining = ScriptedWorker(job_service.address, worker_id="leaving")
+    draining = ScriptedWorker(job_service.address, store=job_service.storage, worker_id="leaving")
     draining.hello.draining = True
     async with draining:
         with pytest.raises(TimeoutError):

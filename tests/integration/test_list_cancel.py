@@ -75,7 +75,7 @@ async def test_cancel_a_queued_job_at_once(job_service, sample_mp4):
     assert cancelled.error.message == "not needed"
     assert cancelled.HasField("end_time")
     # A worker connecting afterwards gets nothing: the job is gone from the queue.
-    async with ScriptedWorker(job_service.address) as worker:
+    async with ScriptedWorker(job_service.address, store=job_service.storage) as worker:
         with pytest.raises(TimeoutError):
             await worker.next("assignment", timeout=0.5)
     events = [
@@ -88,7 +88,7 @@ async def test_cancel_a_queued_job_at_once(job_service, sample_mp4):
 
 async def test_cancel_a_running_job_tells_its_worker(job_service, sample_mp4):
     job = await submit(job_service.stub, sample_mp4)
-    async with ScriptedWorker(job_service.address) as worker:
+    async with ScriptedWorker(job_service.address, store=job_service.storage) as worker:
         assignment = await worker.next("assignment")
         response = await job_service.stub.CancelJob(js.CancelJobRequest(job_id=job.job_id))
         assert response.job.state == job_pb2.JOB_STATE_CANCELLED

@@ -69,7 +69,9 @@ async def test_bad_pipeline_sets_are_refused(job_service, sample_mp4, fields, vi
 
 async def test_only_a_worker_running_every_pipeline_gets_the_job(job_service, sample_mp4):
     job = await _submit(job_service.stub, sample_mp4, pipeline="", pipelines=["scenes", "ocr"])
-    async with ScriptedWorker(job_service.address, worker_id="half", pipelines=("scenes",)) as half:
+    async with ScriptedWorker(
+        job_service.address, store=job_service.storage, worker_id="half", pipelines=("scenes",)
+    ) as half:
         with pytest.raises(TimeoutError):
             await half.next("assignment", timeout=0.5)
         async with ScriptedWorker(

@@ -14,6 +14,7 @@ from videojobs.v1 import job_service_pb2 as js
 from support.grpc_status import rich_error
 from support.scripted_worker import ScriptedWorker
 from support.uploads import submit
+from support.waiting import eventually
 
 
 async def _collect(stub, job_id: str, after: int = 0, until_sequence: int | None = None):
@@ -29,7 +30,7 @@ async def _collect(stub, job_id: str, after: int = 0, until_sequence: int | None
 
 async def test_live_events_then_resume_exactly_where_it_broke(job_service, sample_mp4):
     job = await submit(job_service.stub, sample_mp4)
-    async with ScriptedWorker(job_service.address) as worker:
+    async with ScriptedWorker(job_service.address, store=job_service.storage) as worker:
         assignment = await worker.next("assignment")
         assert assignment.job_id == job.job_id
         assert assignment.attempt == 1
@@ -56,7 +57,8 @@ async def test_live_events_then_resume_exactly_where_it_broke(job_service, sampl
         assert status.progress.fraction == pytest.approx(0.25)
         assert status.progress.stage == "decoding"
 
-        worker.progress(assignment, 0.75, "decoding")
+        # The final progress (1.0) is recorded at once, however soon it follows.
+        worker.progress(assignment, 1.0, "done")
         worker.complete(assignment, summary={"frames": 50})
         await asyncio.wait_for(follower, 10)
 
@@ -92,9 +94,33 @@ async def test_live_events_then_resume_exactly_where_it_broke(job_service, sampl
     assert final.summary["frames"] == 50
 
 
+async def test_rapid_progress_is_coalesced_and_the_latest_value_recorded(job_service, sample_mp4):
+    """A worker reporting progress as fast as it can gets at most one event per
+    0.2 s recorded, and the latest value is never lost."""
+    job = await submit(job_service.stub, sample_mp4)
+    async with ScriptedWorker(job_service.address, store=job_service.storage) as worker:
+        assignment = await worker.next("assignment")
+        for step in range(1, 201):
+            worker.progress(assignment, step / 1000, f"step {step}")
+
+        async def latest_recorded():
+            status = await job_service.stub.GetStatus(js.GetStatusRequest(job_id=job.job_id))
+            return status.job.progress.stage == "step 200"
+
+        await eventually(latest_recorded, timeout=20, what="the last progress recorded")
+        worker.complete(assignment)
+        events = await asyncio.wait_for(_collect(job_service.stub, job.job_id), 30)
+    progress = [e for e in events if e.WhichOneof("payload") == "progress"]
+    assert progress[-1].progress.fraction == pytest.approx(0.2)
+    times = [e.create_time.ToDatetime().timestamp() for e in progress]
+    gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+    assert all(gap >= 0.19 for gap in gaps), gaps
+    assert len(progress) < 50
+
+
 async def test_progress_never_goes_backwards(job_service, sample_mp4):
     job = await submit(job_service.stub, sample_mp4)
-    async with ScriptedWorker(job_service.address) as worker:
+    async with ScriptedWorker(job_service.address, store=job_service.storage) as worker:
         assignment = await worker.next("assignment")
         worker.progress(assignment, 0.5)
         worker.progress(assignment, 0.2)
@@ -108,7 +134,7 @@ async def test_progress_never_goes_backwards(job_service, sample_mp4):
 async def test_events_survive_a_server_restart(start_job_service, tmp_path, sample_mp4):
     first = await start_job_service(data_dir=tmp_path / "shared")
     job = await submit(first.stub, sample_mp4)
-    async with ScriptedWorker(first.address) as worker:
+    async with ScriptedWorker(first.address, store=first.storage) as worker:
         assignment = await worker.next("assignment")
         worker.partial(assignment, {"n": 1})
         worker.complete(assignment)

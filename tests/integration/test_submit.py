@@ -127,18 +127,22 @@ async def test_sha256_mismatch(job_service, sample_mp4):
 
 
 @pytest.mark.parametrize(
-    "payload",
+    ("payload", "reason"),
     [
-        b"this is a plain text file, not a video\n" * 100,
-        bytes(range(256)) * 64,
-        b"\x89PNG\r\n\x1a\n" + bytes(2000),
+        (b"this is a plain text file, not a video\n" * 100, "NOT_A_VIDEO"),
+        (bytes(range(256)) * 64, "NOT_A_VIDEO"),
+        (b"\x89PNG\r\n\x1a\n" + bytes(2000), "UNSUPPORTED_CONTAINER"),
+        (b"#EXTM3U\n#EXTINF:1,\nhttp://127.0.0.1:9/x.ts\n" + b"G" * 4000, "UNSUPPORTED_CONTAINER"),
+        (b"ffconcat version 1.0\nfile 'a.mp4'\n", "UNSUPPORTED_CONTAINER"),
+        # A real container header followed by garbage: refused after the last byte.
+        (b"\x00\x00\x00\x18ftypisom" + bytes(range(256)) * 40, "NOT_A_VIDEO"),
     ],
-    ids=["text", "noise", "png-header"],
+    ids=["text", "noise", "png-header", "hls", "ffconcat", "mp4-header-then-garbage"],
 )
-async def test_bytes_that_are_not_a_video_are_refused(job_service, payload):
+async def test_bytes_that_are_not_a_video_are_refused(job_service, payload, reason):
     error = await _refused(job_service.stub, header(), *chunks(payload))
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert error.reason == "NOT_A_VIDEO"
+    assert error.reason == reason
     assert "chunk" in error.violations
     await _nothing_stored(job_service)
 

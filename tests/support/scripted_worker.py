@@ -2,6 +2,8 @@
 
 It is a client of the API under test, not a stand-in for it: it lets a test
 decide exactly when progress, partial results, completion or failure arrive.
+Like a real worker it writes the outputs it reports (into `store`, the
+storage job-service checks completions against) unless told not to.
 """
 
 from __future__ import annotations
@@ -35,8 +37,10 @@ class ScriptedWorker:
         pipelines: tuple[str, ...] = ("probe",),
         capacity: int = 1,
         held: list[pb.HeldLease] | None = None,
+        store=None,
     ) -> None:
         self.address = address
+        self.store = store
         self.hello = pb.WorkerHello(
             worker_id=worker_id,
             pipelines=list(pipelines),
@@ -143,17 +147,31 @@ class ScriptedWorker:
         output_key: str | None = None,
         summary: dict | None = None,
         artifacts: list[job_pb2.Artifact] | None = None,
+        write_outputs: bool = True,
     ) -> None:
-        """Reports completion of `assignment` (output under its attempt prefix by default)."""
+        """Reports completion of `assignment` (output under its attempt prefix by
+        default), first writing the outputs it names under the attempt's prefix."""
+        output_key = output_key or f"{assignment.output_prefix}/results.json"
+        if write_outputs and self.store is not None:
+            self._write(assignment, output_key, b'{"ok": true}')
+            for artifact in artifacts or []:
+                self._write(assignment, artifact.key, b"a" * artifact.size_bytes)
         self.send(
             completion=pb.JobCompletionReport(
                 job_id=assignment.job_id,
                 lease_token=assignment.lease_token,
-                output_key=output_key or f"{assignment.output_prefix}/results.json",
+                output_key=output_key,
                 summary=struct(summary or {"ok": True}),
                 artifacts=artifacts or [],
             )
         )
+
+    def _write(self, assignment: pb.Assignment, key: str, data: bytes) -> None:
+        from videojobs.storage import StorageKey
+        from videojobs.storage.blobstore import put_bytes
+
+        if key.startswith(assignment.output_prefix + "/"):
+            put_bytes(self.store, StorageKey(key), data)
 
     def heartbeat(self, *assignments: pb.Assignment, draining: bool = False) -> None:
         """Sends a heartbeat naming `assignments` as running."""

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from videojobs.pipelines.base import ParameterError
+from videojobs.pipelines.base import ParameterError, PipelineFailure
 from videojobs.pipelines.frames import (
     SAMPLING_SPEC,
     SamplingReport,
@@ -17,6 +17,7 @@ from videojobs.pipelines.frames import (
     to_bgr,
     video_info,
 )
+from videojobs.pipelines.media import check_frame_size
 from videojobs.pipelines.runner import FrameBatcher
 from videojobs.stack.sample_video import write_frames
 
@@ -96,6 +97,35 @@ def test_fast_conversion_matches_swscale(numbered):
     assert np.array_equal(to_bgr(other), cv2.cvtColor(other.to_ndarray(), cv2.COLOR_RGB2BGR))
 
 
+def test_video_info_refuses_a_stream_over_the_pixel_cap(numbered):
+    with open(numbered, "rb") as source:
+        with open_media(source, "mp4", max_frame_pixels=160 * 120) as container:
+            assert video_info(container)[1].width == 160  # at the cap: fine
+        with open_media(source, "mp4", max_frame_pixels=160 * 120 - 1) as container:
+            with pytest.raises(PipelineFailure) as caught:
+                video_info(container)
+    assert caught.value.reason == "FRAME_TOO_LARGE"
+    assert "160x120 (19,200 pixels)" in caught.value.message
+    assert "19,199 pixels" in caught.value.message
+
+
+def test_a_decoded_frame_over_the_cap_is_refused(numbered):
+    with open(numbered, "rb") as source, open_media(source, "mp4") as container:
+        frame = next(container.decode(video=0))
+    check_frame_size(frame, 160 * 120, 0)
+    with pytest.raises(PipelineFailure) as caught:
+        check_frame_size(frame, 160 * 120 - 1, 3)
+    assert caught.value.reason == "FRAME_TOO_LARGE" and not caught.value.retryable
+    assert caught.value.message.startswith("a frame of video stream 3 is 160x120")
+
+
+def test_open_media_shows_ffmpeg_no_file_name(numbered):
+    """PyAV hands a file object's name to FFmpeg as the input's URL."""
+    with open(numbered, "rb") as source, open_media(source, "mp4") as container:
+        assert str(numbered.parent) not in container.name
+        assert "numbered" not in container.name
+
+
 class Recorder:
     def __init__(self):
         self.partials = []
@@ -122,3 +152,39 @@ def test_findings_are_batched(monkeypatch):
     batcher.add({"index": 11})
     batcher.flush()
     assert [e["index"] for p in recorder.partials for e in p["frames"]] == list(range(12))
+
+
+def test_batches_stay_within_what_job_service_accepts(monkeypatch):
+    """Big findings are split into batches of at most PARTIAL_MAX_JSON_BYTES,
+    sent at most every PARTIAL_MIN_INTERVAL_SECONDS; a single oversized entry
+    goes out without its findings (counted)."""
+    import json
+
+    from videojobs.pipelines import runner
+
+    clock = [100.0]
+    sleeps = []
+
+    def sleep(seconds):
+        sleeps.append(seconds)
+        clock[0] += seconds
+
+    monkeypatch.setattr("videojobs.pipelines.runner.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("videojobs.pipelines.runner.time.sleep", sleep)
+    recorder = Recorder()
+    batcher = FrameBatcher(recorder)
+    sent_at = []
+    original = recorder.partial_result
+    recorder.partial_result = lambda data: (sent_at.append(clock[0]), original(data))
+    text = "T" * 1000
+    for index in range(400):  # 400 entries of ~1 KB arrive at once: ~400 KB
+        batcher.add({"index": index, "time": index / 25, "ocr": [{"text": text}]})
+    batcher.add({"index": 400, "time": 16.0, "ocr": [{"text": "x" * 300_000}]})
+    batcher.flush()
+    sizes = [len(json.dumps(p, separators=(",", ":"))) for p in recorder.partials]
+    assert max(sizes) <= runner.PARTIAL_MAX_JSON_BYTES + 100
+    gaps = [later - earlier for earlier, later in zip(sent_at, sent_at[1:], strict=False)]
+    assert min(gaps) >= runner.PARTIAL_MIN_INTERVAL_SECONDS - 1e-9
+    frames = [e for p in recorder.partials for e in p["frames"]]
+    assert [e["index"] for e in frames] == list(range(401))
+    assert frames[-1] == {"index": 400, "time": 16.0, "truncated": {"ocr": 1}}

@@ -11,6 +11,7 @@ import av
 import pytest
 
 from videojobs.pipelines.base import PipelineFailure, PipelineOutput
+from videojobs.pipelines.media import MediaSource
 from videojobs.pipelines.probe import PIPELINE, SPEC
 from videojobs.stack.sample_video import write_audio_only, write_sample_video
 
@@ -310,3 +311,37 @@ def test_audio_only_has_no_video_stream(tmp_path: Path) -> None:
     _assert_clean_failure(caught.value, {"NO_VIDEO_STREAM"}, tmp_path)
     assert [p["section"] for p in reporter.partials] == ["container"]
     assert reporter.partials[0]["container"]["stream_count"] == 1
+
+
+@pytest.mark.parametrize(
+    ("muxer", "codec", "expected"),
+    [
+        ("mp4", "libx264", "mp4"),
+        ("mov", "libx264", "mp4"),
+        ("matroska", "libx264", "matroska"),
+        ("mpegts", "libx264", "mpegts"),
+        ("avi", "mpeg4", "avi"),
+    ],
+)
+def test_container_format_is_the_recorded_name(tmp_path: Path, muxer, codec, expected) -> None:
+    """The format is the stable name jobs record (`mp4`, `matroska`...), not
+    FFmpeg's demuxer name."""
+    path = tmp_path / "clip"
+    write_sample_video(path, frames=5, codec=codec, container_format=muxer)
+    output, _ = run_probe(path)
+    assert output.result["container"]["format"] == expected
+    assert output.summary["format"] == expected
+
+
+def test_recorded_format_is_forced(tmp_path: Path) -> None:
+    """A MediaSource is opened with the format it carries, never guessed:
+    Matroska bytes recorded as `mp4` do not open."""
+    path = tmp_path / "clip.mkv"
+    write_sample_video(path, frames=5, container_format="matroska")
+    with open(path, "rb") as raw:
+        output = PIPELINE.run(MediaSource(raw, "matroska"), SPEC.validate({}), RecordingReporter())
+        assert output.summary["format"] == "matroska"
+        raw.seek(0)
+        with pytest.raises(PipelineFailure) as caught:
+            PIPELINE.run(MediaSource(raw, "mp4"), SPEC.validate({}), RecordingReporter())
+    _assert_clean_failure(caught.value, {"INPUT_NOT_MEDIA"}, tmp_path)

@@ -24,6 +24,7 @@ from videojobs.cli.render import (
     format_job_line,
     format_job_summary,
     jobs_table,
+    printable,
     to_json,
 )
 from videojobs.client import JobClient, JobOptions, VideoJobsError
@@ -203,12 +204,12 @@ def _print_table(table: Table) -> None:
 
 def _print_lines(lines: Sequence[str]) -> None:
     for line in lines:
-        print(line)
+        print(printable(line))
 
 
 def _print_error_lines(lines: Sequence[str]) -> None:
     for line in lines:
-        print(line, file=sys.stderr)
+        print(printable(line), file=sys.stderr)
 
 
 def _exit_code(exit_request: SystemExit) -> int:

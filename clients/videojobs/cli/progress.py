@@ -9,6 +9,7 @@ from types import TracebackType
 from typing import TextIO
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     Progress,
@@ -18,7 +19,13 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from videojobs.cli.render import event_kind, format_bytes, format_event_details, format_percent
+from videojobs.cli.render import (
+    event_kind,
+    format_bytes,
+    format_event_details,
+    format_percent,
+    printable,
+)
 from videojobs.client import is_terminal_event, job_state_name
 from videojobs.v1 import job_pb2
 
@@ -56,7 +63,8 @@ class RichProgressDisplay(ProgressDisplay):
     with its state and stage."""
 
     def __init__(self, file_label: str, console: Console) -> None:
-        self._file_label = file_label
+        # Shown through rich, which reads markup: escaped, never interpreted.
+        self._file_label = _safe_markup(file_label)
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -96,7 +104,7 @@ class RichProgressDisplay(ProgressDisplay):
             f"job {job_state_name(job.state).lower()}",
             total=1.0,
             completed=job.progress.fraction,
-            detail=job.progress.stage,
+            detail=_safe_markup(job.progress.stage),
         )
 
     def job_event(self, event: job_pb2.JobEvent) -> None:
@@ -110,7 +118,7 @@ class RichProgressDisplay(ProgressDisplay):
                 self._job_task,
                 description=description,
                 completed=event.progress.fraction,
-                detail=event.progress.stage,
+                detail=_safe_markup(event.progress.stage),
             )
         elif kind == "state_changed":
             # Progress belongs to an attempt: a requeued job starts again from 0.
@@ -127,7 +135,7 @@ class RichProgressDisplay(ProgressDisplay):
                 self._job_task, description=description, completed=completed, detail=""
             )
             if kind != "completed":
-                self._progress.console.print(f"{kind}: {format_event_details(event)}")
+                self._progress.console.print(f"{kind}: {_safe_markup(format_event_details(event))}")
 
 
 class PlainProgressDisplay(ProgressDisplay):
@@ -177,7 +185,13 @@ class PlainProgressDisplay(ProgressDisplay):
         self._line(f"job {job_id}: {event_kind(event)} {format_event_details(event)}")
 
     def _line(self, text: str) -> None:
-        print(text, file=self._stream, flush=True)
+        print(printable(text), file=self._stream, flush=True)
+
+
+def _safe_markup(text: str) -> str:
+    """Server (or file-system) text for a rich markup string: unsafe characters
+    removed, brackets escaped."""
+    return escape(printable(text))
 
 
 def progress_display(*, interactive: bool, file_label: str) -> ProgressDisplay:

@@ -4,6 +4,7 @@ for people or as the proto JSON mapping for programs."""
 from __future__ import annotations
 
 import json
+import unicodedata
 from datetime import UTC
 from typing import Any
 
@@ -11,16 +12,58 @@ from google.protobuf import json_format, message, timestamp_pb2
 from google.rpc import status_pb2
 from rich import box
 from rich.table import Table
+from rich.text import Text
 
 from videojobs.client import VideoJobsError, job_state_name, struct_to_dict
 from videojobs.v1 import job_pb2
 
 _UNSET = "-"
 
+# Characters that must not reach a terminal as they are: C0/C1 controls and
+# DEL (escape sequences), format characters (U+202E RIGHT-TO-LEFT OVERRIDE,
+# zero-width spaces), line/paragraph separators, surrogates, private-use and
+# unassigned code points. Everything the CLI prints that came from a server
+# (file names, reasons, stages, messages, results) passes through `printable`.
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
+
+
+def _is_unsafe(char: str) -> bool:
+    return unicodedata.category(char) in _UNSAFE_CATEGORIES
+
+
+def printable(text: str) -> str:
+    """`text` safe for a terminal: tabs become spaces, other control, bidi and
+    invisible characters are removed. Line breaks are kept (callers print
+    lines they built themselves)."""
+    if text.isprintable():
+        return text
+    return "".join(
+        " " if char == "\t" else char for char in text if char in "\n\t" or not _is_unsafe(char)
+    )
+
+
+def printable_json(text: str) -> str:
+    """JSON text with every unsafe character inside its strings written as a
+    `\\uXXXX` escape: still the same JSON, harmless on a terminal."""
+    if text.isprintable():
+        return text
+    return "".join(
+        char if char == "\n" or not _is_unsafe(char) else _json_escape(char) for char in text
+    )
+
+
+def _json_escape(char: str) -> str:
+    code = ord(char)
+    if code > 0xFFFF:  # outside the BMP: a UTF-16 surrogate pair, as JSON requires
+        code -= 0x10000
+        return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+    return f"\\u{code:04x}"
+
 
 def to_json(proto: message.Message, *, one_line: bool = False) -> str:
-    """The proto JSON mapping (camelCase names), pretty or on one line."""
-    return json_format.MessageToJson(proto, indent=None if one_line else 2)
+    """The proto JSON mapping (camelCase names), pretty or on one line, with
+    unsafe characters escaped."""
+    return printable_json(json_format.MessageToJson(proto, indent=None if one_line else 2))
 
 
 def format_error(error: VideoJobsError) -> list[str]:
@@ -29,7 +72,7 @@ def format_error(error: VideoJobsError) -> list[str]:
     headline = f"error: {error.code.name}"
     if error.message:
         headline += f": {error.message}"
-    return [headline] + [f"  {line}" for line in error.detail_lines()]
+    return [printable(headline)] + [f"  {printable(line)}" for line in error.detail_lines()]
 
 
 def format_status(status: status_pb2.Status) -> str:
@@ -118,7 +161,7 @@ def format_event_line(event: job_pb2.JobEvent) -> str:
     """One event as `sequence  time  kind  details`."""
     return (
         f"{event.sequence:>5}  {format_time(event.create_time)}  "
-        f"{event_kind(event):<14}  {format_event_details(event)}"
+        f"{event_kind(event):<14}  {printable(format_event_details(event))}"
     )
 
 
@@ -129,7 +172,7 @@ def _format_progress(progress: job_pb2.Progress) -> str:
 
 def format_job_line(job: job_pb2.Job) -> str:
     """`<job id> <STATE>`: what `submit` and `cancel` print."""
-    return f"{job.job_id} {job_state_name(job.state)}"
+    return printable(f"{job.job_id} {job_state_name(job.state)}")
 
 
 def format_job_summary(job: job_pb2.Job) -> list[str]:
@@ -183,7 +226,10 @@ def format_job_summary(job: job_pb2.Job) -> list[str]:
         rows.append(("request id", job.request_id))
     rows.append(("events", str(job.last_event_sequence)))
     width = max(len(label) for label, _ in rows) + 1
-    return [f"{label + ':' if label else '':<{width}} {value}" for label, value in rows]
+    return [
+        f"{label + ':' if label else '':<{width}} {printable(value).replace(chr(10), ' ')}"
+        for label, value in rows
+    ]
 
 
 def jobs_table(jobs: list[job_pb2.Job]) -> Table:
@@ -196,12 +242,18 @@ def jobs_table(jobs: list[job_pb2.Job]) -> Table:
     table.add_column("PROGRESS", justify="right")
     table.add_column("CREATED", no_wrap=True)
     for job in jobs:
+        # Text, not markup: a server string is never interpreted by rich.
         table.add_row(
-            job.job_id,
-            job_state_name(job.state),
-            job.pipeline,
-            str(job.attempt),
-            format_percent(job.progress.fraction),
-            format_time(job.create_time, milliseconds=False),
+            *(
+                Text(printable(cell))
+                for cell in (
+                    job.job_id,
+                    job_state_name(job.state),
+                    job.pipeline,
+                    str(job.attempt),
+                    format_percent(job.progress.fraction),
+                    format_time(job.create_time, milliseconds=False),
+                )
+            )
         )
     return table

@@ -13,9 +13,13 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from videojobs.common.errors import ERROR_DOMAIN, ServiceError
+from videojobs.common.errors import ERROR_DOMAIN, ServiceError, resource_error_for
+from videojobs.common.failures import FailureLogs
 
 log = logging.getLogger(__name__)
+# Full disks and databases fail every call the same way: logged once with a
+# count, not once per call.
+_resource_failures = FailureLogs(log)
 
 
 def to_status_proto(error: ServiceError) -> status_pb2.Status:
@@ -46,6 +50,16 @@ def to_status_proto(error: ServiceError) -> status_pb2.Status:
     return status
 
 
+def _unexpected(exc: BaseException, handler_name: str) -> ServiceError:
+    """The status for an exception no handler turned into a ServiceError: a
+    full disk or database is a retryable UNAVAILABLE, anything else INTERNAL."""
+    resource = resource_error_for(exc)
+    if resource is not None:
+        _resource_failures.failed(f"{handler_name} ({resource.reason})", exc)
+        return resource
+    return _internal(exc)
+
+
 def _internal(exc: BaseException) -> ServiceError:
     incident = uuid.uuid4().hex[:12]
     log.error("unexpected error (incident %s)", incident, exc_info=exc)
@@ -64,8 +78,9 @@ async def abort_with(context: grpc.aio.ServicerContext, error: ServiceError) -> 
 
 def maps_service_errors(handler: Callable) -> Callable:
     """Decorator for grpc.aio servicer methods (unary or streaming): ServiceError
-    becomes its status with details; any other exception becomes INTERNAL with an
-    incident id (logged with its traceback, never sent)."""
+    becomes its status with details; a full disk or database becomes UNAVAILABLE
+    with RetryInfo (logged once with a count); any other exception becomes
+    INTERNAL with an incident id (logged with its traceback, never sent)."""
 
     if inspect.isasyncgenfunction(handler):
 
@@ -79,7 +94,7 @@ def maps_service_errors(handler: Callable) -> Callable:
             except (grpc.aio.AbortError, GeneratorExit):
                 raise
             except Exception as exc:  # noqa: BLE001 - last line of defence, logged
-                await abort_with(context, _internal(exc))
+                await abort_with(context, _unexpected(exc, handler.__name__))
 
         return stream_wrapper
 
@@ -92,6 +107,6 @@ def maps_service_errors(handler: Callable) -> Callable:
         except grpc.aio.AbortError:
             raise
         except Exception as exc:  # noqa: BLE001 - last line of defence, logged
-            await abort_with(context, _internal(exc))
+            await abort_with(context, _unexpected(exc, handler.__name__))
 
     return unary_wrapper

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from videojobs.common import errors
+from videojobs.common.text import has_unsafe_chars
 from videojobs.jobservice.domain import (
     AttemptOutcome,
     EventKind,
@@ -15,9 +16,8 @@ from videojobs.jobservice.domain import (
     check_job_id,
     job_not_found,
 )
+from videojobs.jobservice.limits import MAX_CANCEL_REASON_BYTES
 from videojobs.jobservice.store import Database
-
-MAX_REASON_BYTES = 256
 
 
 class StopNotifier(Protocol):
@@ -37,9 +37,14 @@ class CancelService:
     async def cancel(self, job_id: str, reason: str) -> Job:
         """Cancels the job; FAILED_PRECONDITION if it already ended."""
         check_job_id(job_id)
-        if len(reason.encode()) > MAX_REASON_BYTES:
+        if len(reason.encode("utf-8", "surrogatepass")) > MAX_CANCEL_REASON_BYTES:
             raise errors.invalid_argument(
-                "reason is too long", [("reason", f"at most {MAX_REASON_BYTES} bytes")]
+                "reason is too long", [("reason", f"at most {MAX_CANCEL_REASON_BYTES} bytes")]
+            )
+        if has_unsafe_chars(reason):
+            raise errors.invalid_argument(
+                "reason holds characters that cannot be shown",
+                [("reason", "no control, bidirectional-override or invisible characters")],
             )
         reason = reason or "cancelled by client"
         async with self._database.transaction() as repository:

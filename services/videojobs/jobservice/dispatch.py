@@ -21,8 +21,10 @@ import contextlib
 import functools
 import itertools
 import logging
+import math
 import random
 import re
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -30,6 +32,8 @@ from datetime import timedelta
 from typing import Any
 
 from videojobs.common import errors
+from videojobs.common.failures import RepeatedFailureLog
+from videojobs.common.text import echo
 from videojobs.jobservice.domain import (
     Artifact,
     Assignment,
@@ -42,16 +46,35 @@ from videojobs.jobservice.domain import (
     retry_delay_seconds,
     utc_now,
 )
+from videojobs.jobservice.limits import (
+    MAX_ANNOUNCED_PIPELINES,
+    MAX_HELD_LEASES,
+    MAX_PIPELINE_NAME_CHARS,
+    MAX_WORKER_VERSION_CHARS,
+    PROGRESS_EVENT_MIN_INTERVAL_SECONDS,
+    ReportLimits,
+)
+from videojobs.jobservice.reports import (
+    ReportPolicy,
+    TokenBucket,
+    clean_failure,
+    clean_stage,
+    clean_warnings,
+    completion_problem,
+)
 from videojobs.jobservice.store import Database, JobRepository
 from videojobs.jobservice.store.models import JobRow
 from videojobs.storage import BlobStore, StorageKey
+from videojobs.storage.blobstore import BlobNotFound
 
 log = logging.getLogger(__name__)
 
 WORKER_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 MAX_CONCURRENT_JOBS = 64
 # Bounds the pipeline-set keys a worker's claims match (2**n - 1 of them).
-MAX_ANNOUNCED_PIPELINES = 10
+MAX_MATCHED_PIPELINES = 10
+# A background loop that keeps failing (a full database) waits this long at most.
+MAX_LOOP_BACKOFF_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -108,6 +131,13 @@ class WorkerSession:
     # Set when one of its leases expired while its stream stayed open (a hung
     # process): it gets no new job until it says something again.
     unresponsive: bool = False
+    # Per lease: the partial-result rate limiter and when progress was last
+    # recorded (progress events are thinned to one per interval).
+    partial_buckets: dict[str, TokenBucket] = field(default_factory=dict)
+    last_progress_at: dict[str, float] = field(default_factory=dict)
+    # Progress held back by that interval, and the timers that record it.
+    pending_progress: dict[str, tuple[str, float, str]] = field(default_factory=dict)
+    progress_flushes: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
 
     @property
     def worker_id(self) -> str:
@@ -118,7 +148,7 @@ class WorkerSession:
     def pipeline_keys(self) -> list[str]:
         """Every pipeline set this worker can run, as canonical keys: a job of
         several pipelines goes only to a worker that runs all of them."""
-        names = sorted(self.hello.pipelines)[:MAX_ANNOUNCED_PIPELINES]
+        names = sorted(self.hello.pipelines)[:MAX_MATCHED_PIPELINES]
         return [
             "+".join(combo)
             for size in range(1, len(names) + 1)
@@ -151,6 +181,22 @@ def validate_hello(hello: WorkerHello) -> None:
         violations.append(("hello.worker_id", "1 to 128 characters from [A-Za-z0-9._:-]"))
     if not hello.pipelines:
         violations.append(("hello.pipelines", "name at least one pipeline"))
+    elif len(hello.pipelines) > MAX_ANNOUNCED_PIPELINES:
+        violations.append(("hello.pipelines", f"at most {MAX_ANNOUNCED_PIPELINES} pipelines"))
+    else:
+        for name in sorted(hello.pipelines):
+            if not name or len(name) > MAX_PIPELINE_NAME_CHARS:
+                violations.append(
+                    (
+                        "hello.pipelines",
+                        f"pipeline name {echo(name)} must be 1 to {MAX_PIPELINE_NAME_CHARS} "
+                        "characters",
+                    )
+                )
+    if len(hello.held_leases) > MAX_HELD_LEASES:
+        violations.append(("hello.held_leases", f"at most {MAX_HELD_LEASES}"))
+    if len(hello.version) > MAX_WORKER_VERSION_CHARS:
+        violations.append(("hello.version", f"at most {MAX_WORKER_VERSION_CHARS} characters"))
     if not 1 <= hello.max_concurrent_jobs <= MAX_CONCURRENT_JOBS:
         violations.append(("hello.max_concurrent_jobs", f"must be 1 to {MAX_CONCURRENT_JOBS}"))
     if violations:
@@ -202,14 +248,20 @@ class DispatchCoordinator:
         database: Database,
         settings: DispatchSettings,
         blob_store: BlobStore | None = None,
+        report_limits: ReportLimits | None = None,
     ) -> None:
         self._database = database
         self.settings = settings
         self._blob_store = blob_store
+        self._reports = ReportPolicy(report_limits or ReportLimits())
         self._sessions: dict[str, WorkerSession] = {}
         self._wake_dispatcher = asyncio.Event()
         self._wake_reaper = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
+        self._background: set[asyncio.Task] = set()
+        self._dispatch_failures = RepeatedFailureLog(log, "dispatch round")
+        self._reaper_failures = RepeatedFailureLog(log, "deadline check")
+        self._requeue_failures = RepeatedFailureLog(log, "requeue of a disconnected worker's jobs")
 
     # -- life cycle ----------------------------------------------------------
 
@@ -235,6 +287,11 @@ class DispatchCoordinator:
         """A job entered QUEUED: try to hand it out (and watch its queue deadline)."""
         self._wake_dispatcher.set()
         self._wake_reaper.set()
+
+    @property
+    def max_partial_result_bytes(self) -> int:
+        """Largest partial result that may be recorded (bigger ones are refused by size)."""
+        return self._reports.limits.max_partial_result_bytes
 
     @property
     def sessions(self) -> list[WorkerSession]:
@@ -272,13 +329,20 @@ class DispatchCoordinator:
 
     async def close_session(self, session: WorkerSession, *, requeue: bool) -> None:
         """Forgets a session. With `requeue` (its stream broke while this server
-        runs), its jobs go back to QUEUED with attempt + 1 at once."""
+        runs), its jobs go back to QUEUED with attempt + 1 at once; if that
+        cannot be written now (a full database), their leases expire instead."""
         session.closed = True
         self._sessions.pop(session.session_id, None)
+        for flush in session.progress_flushes.values():
+            flush.cancel()
+        session.progress_flushes.clear()
         if requeue and session.leases:
-            await self._requeue_leases(
-                session.leases.values(), f"worker {session.worker_id} disconnected"
-            )
+            try:
+                await self._requeue_leases(
+                    session.leases.values(), f"worker {session.worker_id} disconnected"
+                )
+            except Exception as exc:  # noqa: BLE001 - the lease reaper requeues them later
+                self._requeue_failures.failed(exc)
         log.info("worker %s disconnected (session %s)", session.worker_id, session.session_id)
         self._wake_dispatcher.set()
 
@@ -378,30 +442,124 @@ class DispatchCoordinator:
     async def report_progress(
         self, session: WorkerSession, job_id: str, token: str, fraction: float, stage: str
     ) -> None:
-        """Records progress (never backwards) and its event."""
+        """Records progress (never backwards) and its event, at most one event
+        per PROGRESS_EVENT_MIN_INTERVAL_SECONDS per job, so a worker cannot
+        fill the event log with progress. Reports that come sooner are
+        coalesced: the latest is recorded when the interval is over."""
+        stage = clean_stage(stage)
+        wait = PROGRESS_EVENT_MIN_INTERVAL_SECONDS - (
+            time.monotonic() - session.last_progress_at.get(job_id, -math.inf)
+        )
+        if wait > 0 and fraction < 1.0:
+            session.pending_progress[job_id] = (token, fraction, stage)
+            if job_id not in session.progress_flushes:
+                session.progress_flushes[job_id] = asyncio.get_running_loop().call_later(
+                    wait, self._flush_progress, session, job_id
+                )
+            return
+        session.pending_progress.pop(job_id, None)
+        await self._record_progress(session, job_id, token, fraction, stage)
+
+    def _flush_progress(self, session: WorkerSession, job_id: str) -> None:
+        """Records the progress held back by the interval, if its lease still stands."""
+        session.progress_flushes.pop(job_id, None)
+        pending = session.pending_progress.pop(job_id, None)
+        if pending is None or session.closed or session.leases.get(job_id) != pending[0]:
+            return
+        task = asyncio.create_task(self._record_progress(session, job_id, *pending, quiet=True))
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._requeue_failures.failed(task.exception())
+
+    async def _record_progress(
+        self,
+        session: WorkerSession,
+        job_id: str,
+        token: str,
+        fraction: float,
+        stage: str,
+        *,
+        quiet: bool = False,
+    ) -> None:
+        refused = None
         async with self._database.transaction() as repository:
-            row = await self._current_lease(repository, session, job_id, token)
+            row = await self._current_lease(repository, session, job_id, token, quiet=quiet)
             if row is None:
                 return
             fraction = min(1.0, max(row.progress_fraction, fraction))
             if fraction == row.progress_fraction and stage == row.progress_stage:
                 return
-            row.progress_fraction = fraction
-            row.progress_stage = stage
-            row.updated_at = utc_now()
-            repository.append_event(row, EventKind.PROGRESS, {"fraction": fraction, "stage": stage})
+            if row.last_sequence >= self._reports.limits.max_events_per_job:
+                refused = self._reports.too_many_events()
+                await self._attempt_failed(repository, row, refused, retryable=False)
+            else:
+                row.progress_fraction = fraction
+                row.progress_stage = stage
+                row.updated_at = utc_now()
+                repository.append_event(
+                    row, EventKind.PROGRESS, {"fraction": fraction, "stage": stage}
+                )
+        if refused is not None:
+            self._refused(session, job_id, token, refused)
+        else:
+            session.last_progress_at[job_id] = time.monotonic()
 
     async def report_partial_result(
-        self, session: WorkerSession, job_id: str, token: str, pipeline: str, data: dict[str, Any]
+        self,
+        session: WorkerSession,
+        job_id: str,
+        token: str,
+        pipeline: str,
+        data: dict[str, Any],
+        size_bytes: int,
     ) -> None:
-        """Records a partial result event."""
+        """Records a partial result event, unless it breaks a limit (size, rate,
+        bytes or events per job): then the attempt fails and the worker is
+        told to stop."""
+        bucket = session.partial_buckets.setdefault(job_id, self._reports.new_bucket())
+        refused = None
         async with self._database.transaction() as repository:
             row = await self._current_lease(repository, session, job_id, token)
             if row is None:
                 return
-            repository.append_event(
-                row, EventKind.PARTIAL_RESULT, {"pipeline": pipeline, "data": data}
+            refused = self._reports.partial_result_problem(
+                size_bytes, row.partial_result_bytes or 0, row.last_sequence, bucket
             )
+            if refused is not None:
+                await self._attempt_failed(repository, row, refused, retryable=False)
+            else:
+                row.partial_result_bytes = (row.partial_result_bytes or 0) + size_bytes
+                repository.append_event(
+                    row, EventKind.PARTIAL_RESULT, {"pipeline": pipeline, "data": data}
+                )
+        if refused is not None:
+            self._refused(session, job_id, token, refused)
+
+    def _refused(self, session: WorkerSession, job_id: str, token: str, error: JobError) -> None:
+        """After a report broke a limit and failed its attempt: the worker stops the job."""
+        log.warning(
+            "job %s: refused a report from worker %s (%s): %s",
+            job_id,
+            session.worker_id,
+            error.reason,
+            error.message,
+        )
+        session.send_stop(job_id, token, "job_ended")
+        self._forget_lease(session, job_id)
+        self._wake_dispatcher.set()
+
+    @staticmethod
+    def _forget_lease(session: WorkerSession, job_id: str) -> None:
+        session.partial_buckets.pop(job_id, None)
+        session.last_progress_at.pop(job_id, None)
+        session.pending_progress.pop(job_id, None)
+        flush = session.progress_flushes.pop(job_id, None)
+        if flush is not None:
+            flush.cancel()
 
     async def report_completion(
         self,
@@ -412,8 +570,21 @@ class DispatchCoordinator:
         artifacts: list[Artifact],
         summary: dict[str, Any],
         warnings: list[str] | None = None,
+        *,
+        summary_bytes: int = 0,
+        report_bytes: int = 0,
     ) -> None:
-        """RUNNING -> SUCCEEDED, recording the result of this attempt only."""
+        """RUNNING -> SUCCEEDED, recording the result of this attempt only.
+
+        The report is a claim: its keys must lie under the attempt's prefix
+        (else INVALID_ARGUMENT ends the worker's stream), and the result
+        document and every artifact must exist in storage with the reported
+        size, and the report must be within its limits (else the attempt
+        fails and the worker is told to stop)."""
+        missing = await self._missing_outputs(output_key, artifacts)
+        oversize = completion_problem(len(artifacts), summary_bytes, report_bytes)
+        warnings = clean_warnings(list(warnings or []))
+        refused = None
         async with self._database.transaction() as repository:
             row = await self._current_lease(repository, session, job_id, token)
             if row is None:
@@ -429,29 +600,68 @@ class DispatchCoordinator:
                 raise errors.invalid_argument(
                     "completion names keys outside its attempt", violations
                 )
-            row.output_key = output_key.value
-            row.summary = summary
-            row.warnings = list(warnings or [])
-            row.progress_fraction = 1.0
-            row.progress_stage = "done"
-            row.execution_deadline_at = None
-            await repository.close_attempt(row, AttemptOutcome.SUCCEEDED)
-            repository.set_artifacts(row, artifacts)
-            repository.finish(
-                row,
-                JobState.SUCCEEDED,
-                EventKind.COMPLETED,
-                {
-                    "output_key": output_key.value,
-                    "artifacts": [a.to_dict() for a in artifacts],
-                    "summary": summary,
-                    "warnings": list(warnings or []),
-                },
-            )
+            refused = oversize or missing
+            if refused is not None:
+                await self._attempt_failed(repository, row, refused, retryable=oversize is None)
+            else:
+                row.output_key = output_key.value
+                row.summary = summary
+                row.warnings = warnings
+                row.progress_fraction = 1.0
+                row.progress_stage = "done"
+                row.execution_deadline_at = None
+                await repository.close_attempt(row, AttemptOutcome.SUCCEEDED)
+                repository.set_artifacts(row, artifacts)
+                repository.finish(
+                    row,
+                    JobState.SUCCEEDED,
+                    EventKind.COMPLETED,
+                    {
+                        "output_key": output_key.value,
+                        "artifacts": [a.to_dict() for a in artifacts],
+                        "summary": summary,
+                        "warnings": warnings,
+                    },
+                )
+        if refused is not None:
+            self._refused(session, job_id, token, refused)
+            return
         session.leases.pop(job_id, None)
+        self._forget_lease(session, job_id)
         log.info("job %s succeeded on worker %s", job_id, session.worker_id)
         self._wake_dispatcher.set()
         await self._remove_other_attempts(job_id, prefix)
+
+    async def _missing_outputs(
+        self, output_key: StorageKey, artifacts: list[Artifact]
+    ) -> JobError | None:
+        """Why the outputs a completion names are not (all) in storage as
+        reported, or None. Without a blob store (unit tests) nothing is checked."""
+        if self._blob_store is None:
+            return None
+        store = self._blob_store
+        expected: list[tuple[StorageKey, int | None]] = [(output_key, None)] + [
+            (a.key, a.size_bytes) for a in artifacts
+        ]
+
+        def check() -> str | None:
+            for key, size in expected:
+                try:
+                    info = store.stat(key)
+                except BlobNotFound:
+                    return f"{key.value} is not in storage"
+                if size is not None and info.size_bytes != size:
+                    return f"{key.value} holds {info.size_bytes} bytes, not the {size} reported"
+            return None
+
+        problem = await asyncio.to_thread(check)
+        if problem is None:
+            return None
+        return JobError(
+            "INTERNAL",
+            f"the worker reported outputs that storage does not hold as reported ({problem})",
+            "OUTPUT_MISSING",
+        )
 
     async def _remove_other_attempts(self, job_id: str, winner: StorageKey) -> None:
         """Deletes what earlier (lost or failed) attempts wrote: the job keeps
@@ -492,10 +702,11 @@ class DispatchCoordinator:
             await self._attempt_failed(
                 repository,
                 row,
-                JobError(error.code, error.message, error.reason, dict(error.metadata)),
+                clean_failure(error.code, error.message, error.reason, dict(error.metadata)),
                 retryable,
             )
         session.leases.pop(job_id, None)
+        self._forget_lease(session, job_id)
         log.info("job %s failed on worker %s: %s", job_id, session.worker_id, error.message)
         self._wake_dispatcher.set()
 
@@ -505,6 +716,7 @@ class DispatchCoordinator:
         handed back: QUEUED at once with attempt + 1."""
         session.leases.pop(job_id, None)
         session.stopping.pop(job_id, None)
+        self._forget_lease(session, job_id)
         await self._requeue_leases(
             [token], f"handed back by worker {session.worker_id}", AttemptOutcome.HANDED_BACK
         )
@@ -518,13 +730,21 @@ class DispatchCoordinator:
                 self._wake_dispatcher.set()
 
     async def _current_lease(
-        self, repository: JobRepository, session: WorkerSession, job_id: str, token: str
+        self,
+        repository: JobRepository,
+        session: WorkerSession,
+        job_id: str,
+        token: str,
+        *,
+        quiet: bool = False,
     ) -> JobRow | None:
-        """The job's row when `token` is its current lease, else None (and the
-        worker is told to stop the job)."""
+        """The job's row when `token` is its current lease, else None (and,
+        unless `quiet`, the worker is told to stop the job)."""
         row = await repository.get_row(job_id, for_update=True)
         if row is not None and row.state == JobState.RUNNING.value and row.lease_token == token:
             return row
+        if quiet:
+            return None
         reason = (
             "job_ended" if row is not None and JobState(row.state).is_terminal else "lease_lost"
         )
@@ -545,9 +765,10 @@ class DispatchCoordinator:
             try:
                 await self._dispatch_round()
                 timeout = await self._until_next_eligible()
-            except Exception:  # noqa: BLE001 - the loop must survive a database hiccup
-                log.exception("dispatch round failed; retrying")
-                timeout = 1.0
+                self._dispatch_failures.succeeded()
+            except Exception as exc:  # noqa: BLE001 - the loop must survive a database hiccup
+                self._dispatch_failures.failed(exc)
+                timeout = _loop_backoff(self._dispatch_failures.failures)
 
     async def _until_next_eligible(self) -> float | None:
         now = utc_now()
@@ -594,6 +815,7 @@ class DispatchCoordinator:
                 output_prefix=attempt_prefix_for(row.job_id, row.attempt),
                 lease_expire_time=expiry,
                 execution_deadline=row.execution_deadline_at,
+                input_format=row.input_format or "",
             )
         if session.closed:
             # The stream broke while we were claiming: the job goes straight back.
@@ -626,9 +848,10 @@ class DispatchCoordinator:
                 timeout = None
                 if next_deadline is not None:
                     timeout = max(0.0, (next_deadline - utc_now()).total_seconds()) + 0.02
-            except Exception:  # noqa: BLE001 - the loop must survive a database hiccup
-                log.exception("deadline check failed; retrying")
-                timeout = 1.0
+                self._reaper_failures.succeeded()
+            except Exception as exc:  # noqa: BLE001 - the loop must survive a database hiccup
+                self._reaper_failures.failed(exc)
+                timeout = _loop_backoff(self._reaper_failures.failures)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake_reaper.wait(), timeout)
 
@@ -684,3 +907,8 @@ class DispatchCoordinator:
                         log.warning("worker %s is unresponsive", session.worker_id)
             self.stop_job(job_id, token, reason)
         self._wake_dispatcher.set()
+
+
+def _loop_backoff(failures: int) -> float:
+    """Seconds a failing background loop waits: 0.5 s doubling to 10 s."""
+    return min(MAX_LOOP_BACKOFF_SECONDS, 0.5 * 2 ** min(failures - 1, 10))

@@ -229,6 +229,7 @@ class Job:
     warnings: tuple[str, ...] = ()
     worker_id: str | None = None
     lease_token: str | None = None
+    input_format: str = ""
 
 
 @dataclass(frozen=True)
@@ -257,3 +258,4 @@ class Assignment:
     output_prefix: StorageKey
     lease_expire_time: datetime
     execution_deadline: datetime
+    input_format: str = ""

@@ -14,9 +14,8 @@ from collections import Counter
 from collections.abc import AsyncIterator
 
 from videojobs.jobservice.domain import JobEvent, JobState, check_job_id, job_not_found
+from videojobs.jobservice.limits import REPLAY_BATCH_BYTES, REPLAY_BATCH_EVENTS
 from videojobs.jobservice.store import Database
-
-REPLAY_BATCH = 500
 
 
 class EventHub:
@@ -87,14 +86,19 @@ class EventFeed:
                 if row is None:
                     raise job_not_found(job_id)
                 ended = JobState(row.state).is_terminal
-                events = await repository.events_after(job_id, sequence, REPLAY_BATCH)
+                stored_up_to = row.last_sequence
+                # Bounded by bytes as well as count: memory stays flat however
+                # much a job holds.
+                events = await repository.events_after(
+                    job_id, sequence, REPLAY_BATCH_EVENTS, REPLAY_BATCH_BYTES
+                )
             for event in events:
                 yield event
                 sequence = event.sequence
                 if event.kind.is_terminal:
                     return
-            if len(events) == REPLAY_BATCH:
-                continue
+            if events and events[-1].sequence < stored_up_to:
+                continue  # more were stored than one batch holds
             if ended:
                 # The client resumed after the terminal event: nothing is left.
                 return

@@ -1,66 +1,122 @@
-"""Reading jobs: GetStatus and ListJobs (AIP-158 pagination)."""
+"""Reading jobs: GetStatus and ListJobs (AIP-158 pagination).
+
+Page tokens are opaque to clients and signed by the server: a token is the
+page's end position and a fingerprint of the filter it was made for, with an
+HMAC-SHA256 under a key every replica shares (stored in the database, so
+tokens survive restarts). A token the server did not issue is refused before
+anything in it is parsed.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import hashlib
+import hmac
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from videojobs.common import errors
 from videojobs.jobservice.domain import Job, JobState, check_job_id, job_not_found
+from videojobs.jobservice.limits import MAX_PAGE_TOKEN_CHARS, MAX_PIPELINE_NAME_CHARS
 from videojobs.jobservice.store import Database
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+PAGE_TOKEN_SECRET = "page_token_hmac"
+_SIGNATURE_BYTES = 16
+# Positions are database row ids: positive and far below this.
+_MAX_POSITION = 2**62
+
+Rendered = TypeVar("Rendered")
 
 
 @dataclass(frozen=True)
-class JobPage:
-    """One page of ListJobs."""
+class JobPage(Generic[Rendered]):
+    """One page of ListJobs: the jobs as the caller rendered them."""
 
-    jobs: list[Job]
+    jobs: list[Rendered]
     next_page_token: str
 
 
-def _filter_fingerprint(states: Sequence[JobState], pipeline: str) -> str:
-    canonical = json.dumps([sorted(s.value for s in states), pipeline])
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+def _invalid_token(description: str = "not a token this server issued") -> errors.ServiceError:
+    return errors.invalid_argument("page_token is invalid", [("page_token", description)])
 
 
-def encode_page_token(last_position: int, states: Sequence[JobState], pipeline: str) -> str:
-    """An opaque token: where the page ended, bound to the filter it was made for."""
-    payload = json.dumps({"p": last_position, "f": _filter_fingerprint(states, pipeline)})
-    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+def _b64encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
-def decode_page_token(token: str, states: Sequence[JobState], pipeline: str) -> int:
-    """The position a token continues after; INVALID_ARGUMENT when it is not ours
-    or was made for another filter."""
-    try:
-        padded = token + "=" * (-len(token) % 4)
-        payload = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        position = int(payload["p"])
-        fingerprint = payload["f"]
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
-        raise errors.invalid_argument(
-            "page_token is invalid", [("page_token", "not a token this server issued")]
-        ) from None
-    if fingerprint != _filter_fingerprint(states, pipeline):
-        raise errors.invalid_argument(
-            "page_token was issued for a different filter",
-            [("page_token", "use it with the same states and pipeline as the first page")],
-        )
-    return position
+def _b64decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode((text + "=" * (-len(text) % 4)).encode("ascii"))
+
+
+class PageTokens:
+    """Issues and checks signed page tokens. The key is the database's shared
+    secret PAGE_TOKEN_SECRET, loaded once at start-up (`load_key`)."""
+
+    def __init__(self, key: bytes | None = None) -> None:
+        self._key = key
+
+    async def load_key(self, database: Database) -> None:
+        """Reads (or creates) the shared signing key."""
+        self._key = await database.shared_secret(PAGE_TOKEN_SECRET)
+
+    @staticmethod
+    def _filter_fingerprint(states: Sequence[JobState], pipeline: str) -> str:
+        canonical = json.dumps([sorted(s.value for s in states), pipeline])
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def _signature(self, payload: bytes) -> bytes:
+        if self._key is None:
+            raise RuntimeError("page-token key not loaded (PageTokens.load_key)")
+        return hmac.new(self._key, payload, hashlib.sha256).digest()[:_SIGNATURE_BYTES]
+
+    def encode(self, last_position: int, states: Sequence[JobState], pipeline: str) -> str:
+        """A token for the page after `last_position`, bound to the filter."""
+        payload = json.dumps(
+            {"p": last_position, "f": self._filter_fingerprint(states, pipeline)},
+            separators=(",", ":"),
+        ).encode()
+        return f"{_b64encode(payload)}.{_b64encode(self._signature(payload))}"
+
+    def decode(self, token: str, states: Sequence[JobState], pipeline: str) -> int:
+        """The position a token continues after. INVALID_ARGUMENT for anything
+        this server did not issue, or a token made for another filter."""
+        if len(token) > MAX_PAGE_TOKEN_CHARS or token.count(".") != 1:
+            raise _invalid_token()
+        encoded_payload, encoded_signature = token.split(".")
+        try:
+            payload = _b64decode(encoded_payload)
+            signature = _b64decode(encoded_signature)
+        except (ValueError, binascii.Error, UnicodeEncodeError):
+            raise _invalid_token() from None
+        if not hmac.compare_digest(signature, self._signature(payload)):
+            raise _invalid_token()
+        # Signed by us, so the payload is our own JSON; still checked, never trusted blindly.
+        try:
+            content = json.loads(payload)
+            position, fingerprint = content["p"], content["f"]
+        except (ValueError, KeyError, TypeError):
+            raise _invalid_token() from None
+        if type(position) is not int or not 0 < position < _MAX_POSITION:
+            raise _invalid_token()
+        if fingerprint != self._filter_fingerprint(states, pipeline):
+            raise errors.invalid_argument(
+                "page_token was issued for a different filter",
+                [("page_token", "use it with the same states and pipeline as the first page")],
+            )
+        return position
 
 
 class JobQueries:
     """Application service for reading jobs."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, page_tokens: PageTokens) -> None:
         self._database = database
+        self._page_tokens = page_tokens
 
     async def get(self, job_id: str) -> Job:
         """The job; INVALID_ARGUMENT for a malformed id, NOT_FOUND for an unknown one."""
@@ -72,20 +128,49 @@ class JobQueries:
         return job
 
     async def list(
-        self, *, page_size: int, page_token: str, states: Sequence[JobState], pipeline: str
-    ) -> JobPage:
-        """A page of jobs, newest first."""
+        self,
+        *,
+        page_size: int,
+        page_token: str,
+        states: Sequence[JobState],
+        pipeline: str,
+        render: Callable[[Job], Rendered],
+        size_of: Callable[[Rendered], int],
+        max_page_bytes: int,
+    ) -> JobPage[Rendered]:
+        """A page of jobs, newest first, rendered by `render`. The page ends
+        early (with a next-page token) once it would exceed `max_page_bytes`
+        as measured by `size_of`; it always holds at least one job."""
         if page_size < 0:
             raise errors.invalid_argument(
                 "page_size must not be negative", [("page_size", "must be 0 or more")]
             )
+        if len(pipeline) > MAX_PIPELINE_NAME_CHARS:
+            raise errors.invalid_argument(
+                "pipeline is too long",
+                [("pipeline", f"at most {MAX_PIPELINE_NAME_CHARS} characters")],
+            )
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        before = decode_page_token(page_token, states, pipeline) if page_token else None
+        before = self._page_tokens.decode(page_token, states, pipeline) if page_token else None
         async with self._database.reading() as repository:
             rows = await repository.list_page(
                 states=states, pipeline=pipeline, before_position=before, limit=size + 1
             )
-        more = len(rows) > size
-        rows = rows[:size]
-        token = encode_page_token(rows[-1][0], states, pipeline) if more else ""
-        return JobPage(jobs=[job for _, job in rows], next_page_token=token)
+        rendered: list[Any] = []
+        used_bytes = 0
+        last_position = None
+        for position, job in rows[:size]:
+            item = render(job)
+            item_bytes = size_of(item)
+            if rendered and used_bytes + item_bytes > max_page_bytes:
+                break
+            rendered.append(item)
+            used_bytes += item_bytes
+            last_position = position
+        more = len(rows) > len(rendered)
+        token = (
+            self._page_tokens.encode(last_position, states, pipeline)
+            if more and last_position is not None
+            else ""
+        )
+        return JobPage(jobs=rendered, next_page_token=token)

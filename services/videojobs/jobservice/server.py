@@ -20,13 +20,13 @@ from videojobs.jobservice.api.job_servicer import JobServicer
 from videojobs.jobservice.cancel import CancelService
 from videojobs.jobservice.dispatch import DispatchCoordinator, DispatchSettings
 from videojobs.jobservice.events import EventFeed, EventHub
-from videojobs.jobservice.queries import JobQueries
+from videojobs.jobservice.queries import JobQueries, PageTokens
 from videojobs.jobservice.settings import JobServiceSettings
 from videojobs.jobservice.store import Database
 from videojobs.jobservice.submit import SubmitLimits, SubmitService
+from videojobs.jobservice.sweeper import OrphanSweeper
 from videojobs.pipelines import builtin_catalogue
 from videojobs.storage import open_blob_store
-from videojobs.storage.local import LocalBlobStore
 from videojobs.v1 import (
     dispatch_service_pb2,
     dispatch_service_pb2_grpc,
@@ -40,9 +40,6 @@ SERVICE_NAMES = [
     job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
     dispatch_service_pb2.DESCRIPTOR.services_by_name["DispatchService"].full_name,
 ]
-# Temporary files of uploads older than this at start-up belong to a process
-# that died mid-upload.
-STALE_PARTIAL_SECONDS = 3600
 
 
 @dataclass
@@ -56,14 +53,18 @@ class JobServiceApp:
     job_servicer: JobServicer
     dispatch_servicer: DispatchServicer
     health: object
+    page_tokens: PageTokens
+    sweeper: OrphanSweeper
     address: str = ""
 
     async def start(self) -> str:
         """Migrates the database, binds, starts serving; returns the bound address."""
         await self.database.migrate()
+        await self.page_tokens.load_key(self.database)
         self.address = bind(self.server, self.settings.listen)
         await self.server.start()
         await self.coordinator.start()
+        self.sweeper.start()
         await mark_serving(self.health, SERVICE_NAMES)
         log.info("job-service listening on %s", self.address)
         return self.address
@@ -75,6 +76,7 @@ class JobServiceApp:
         self.dispatch_servicer.shutting_down = True
         await mark_not_serving(self.health, SERVICE_NAMES)
         await self.server.stop(self.settings.shutdown_grace)
+        await self.sweeper.stop()
         await self.coordinator.stop()
         await self.database.dispose()
         log.info("job-service stopped")
@@ -84,8 +86,6 @@ def build_job_service(settings: JobServiceSettings) -> JobServiceApp:
     """Wires database, storage, application services and servicers together."""
     database = Database(settings.database_url)
     blob_store = open_blob_store(settings.storage_url)
-    if isinstance(blob_store, LocalBlobStore):
-        blob_store.sweep_partial_writes(STALE_PARTIAL_SECONDS)
     hub = EventHub()
     database.on_commit = hub.notify
     coordinator = DispatchCoordinator(
@@ -98,21 +98,26 @@ def build_job_service(settings: JobServiceSettings) -> JobServiceApp:
             max_lease_losses=settings.max_lease_losses,
         ),
         blob_store,
+        settings.report_limits,
     )
     submit = SubmitService(
         database,
         blob_store,
         builtin_catalogue(),
         SubmitLimits(
-            max_upload_bytes=settings.max_upload_bytes,
+            uploads=settings.upload_limits,
             max_attempts=settings.max_attempts,
             priority_step=settings.priority_step,
             default_queue_timeout=settings.default_queue_timeout,
         ),
         on_job_queued=coordinator.job_queued,
     )
+    page_tokens = PageTokens()
     job_servicer = JobServicer(
-        submit, JobQueries(database), EventFeed(database, hub), CancelService(database, coordinator)
+        submit,
+        JobQueries(database, page_tokens),
+        EventFeed(database, hub),
+        CancelService(database, coordinator),
     )
     dispatch_servicer = DispatchServicer(coordinator)
     server = grpc.aio.server(options=SERVER_OPTIONS)
@@ -127,6 +132,8 @@ def build_job_service(settings: JobServiceSettings) -> JobServiceApp:
         job_servicer=job_servicer,
         dispatch_servicer=dispatch_servicer,
         health=health,
+        page_tokens=page_tokens,
+        sweeper=OrphanSweeper(database, blob_store, settings.sweep_interval, settings.orphan_grace),
     )
 
 

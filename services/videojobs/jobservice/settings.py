@@ -1,44 +1,166 @@
-"""Settings of job-service, from flags and VIDEOJOBS_* environment variables."""
+"""Settings of job-service, from flags and VIDEOJOBS_* environment variables.
+
+Each setting is declared once, as a field of `JobServiceSettings` whose
+metadata names its flag, environment variable and help text; the parser is
+built from those fields, so a default is written in exactly one place (here,
+or in the limits it comes from).
+"""
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
 
 from videojobs.common.config import DEFAULT_ADDRESS, DEFAULT_DATA_DIR, add_option, storage_dirs
+from videojobs.jobservice.limits import ReportLimits, UploadLimits
+
+_UPLOADS = UploadLimits()
+_REPORTS = ReportLimits()
+
+
+def _setting(default: Any, env: str, help_text: str, flag: str | None = None) -> Any:
+    return field(default=default, metadata={"env": env, "help": help_text, "flag": flag})
 
 
 @dataclass(frozen=True)
 class JobServiceSettings:
     """Everything job-service is configured with."""
 
-    listen: str = DEFAULT_ADDRESS
-    database_url: str = ""
-    storage_url: str = ""
-    max_upload_bytes: int = 4 * 1024**3
-    max_attempts: int = 3
-    heartbeat_interval: float = 2.0
-    lease_duration: float = 10.0
-    shutdown_grace: float = 5.0
-    retry_backoff_base: float = 1.0
-    retry_backoff_max: float = 60.0
-    max_lease_losses: int = 10
-    priority_step: float = 300.0
-    default_queue_timeout: float = 0.0
-    log_level: str = "INFO"
+    listen: str = _setting(
+        DEFAULT_ADDRESS, "VIDEOJOBS_LISTEN", "address to bind; port 0 picks a free port"
+    )
+    database_url: str = _setting(
+        "", "VIDEOJOBS_DATABASE_URL", "SQLAlchemy async URL (default: SQLite in the data dir)"
+    )
+    storage_url: str = _setting(
+        "",
+        "VIDEOJOBS_STORAGE_URL",
+        "storage root: a directory or file:///dir (default: <data dir>/storage)",
+    )
+    max_upload_bytes: int = _setting(
+        _UPLOADS.max_upload_bytes, "VIDEOJOBS_MAX_UPLOAD_BYTES", "largest accepted upload"
+    )
+    upload_idle_timeout: float = _setting(
+        _UPLOADS.idle_timeout_seconds,
+        "VIDEOJOBS_UPLOAD_IDLE_TIMEOUT",
+        "seconds an upload may go without a message before it is dropped",
+    )
+    max_concurrent_uploads: int = _setting(
+        _UPLOADS.max_concurrent_uploads,
+        "VIDEOJOBS_MAX_CONCURRENT_UPLOADS",
+        "uploads in progress at once, overall",
+    )
+    max_uploads_per_peer: int = _setting(
+        _UPLOADS.max_uploads_per_peer,
+        "VIDEOJOBS_MAX_UPLOADS_PER_PEER",
+        "uploads in progress at once from one client address",
+    )
+    min_free_bytes: int = _setting(
+        _UPLOADS.min_free_bytes,
+        "VIDEOJOBS_MIN_FREE_BYTES",
+        "free storage space uploads must leave (refused below it)",
+    )
+    storage_quota_bytes: int = _setting(
+        _UPLOADS.storage_quota_bytes,
+        "VIDEOJOBS_STORAGE_QUOTA_BYTES",
+        "most bytes of stored inputs (0: no quota)",
+    )
+    max_partial_result_bytes: int = _setting(
+        _REPORTS.max_partial_result_bytes,
+        "VIDEOJOBS_MAX_PARTIAL_RESULT_BYTES",
+        "largest partial result a worker may report",
+    )
+    partial_results_per_second: float = _setting(
+        _REPORTS.partial_results_per_second,
+        "VIDEOJOBS_PARTIAL_RESULTS_PER_SECOND",
+        "partial results per second one job may report (bursts of "
+        f"{_REPORTS.partial_result_burst})",
+    )
+    max_partial_result_bytes_per_job: int = _setting(
+        _REPORTS.max_partial_result_bytes_per_job,
+        "VIDEOJOBS_MAX_PARTIAL_RESULT_BYTES_PER_JOB",
+        "bytes of partial results one job may report in all",
+    )
+    max_events_per_job: int = _setting(
+        _REPORTS.max_events_per_job,
+        "VIDEOJOBS_MAX_EVENTS_PER_JOB",
+        "events one job may record",
+    )
+    max_attempts: int = _setting(
+        3, "VIDEOJOBS_MAX_ATTEMPTS", "attempts of a job whose failures are retryable"
+    )
+    heartbeat_interval: float = _setting(
+        2.0, "VIDEOJOBS_HEARTBEAT_INTERVAL", "seconds between worker heartbeats"
+    )
+    lease_duration: float = _setting(
+        10.0, "VIDEOJOBS_LEASE_DURATION", "seconds a lease lives without a heartbeat"
+    )
+    shutdown_grace: float = _setting(
+        5.0, "VIDEOJOBS_SHUTDOWN_GRACE", "seconds in-flight calls get to finish at shutdown"
+    )
+    retry_backoff_base: float = _setting(
+        1.0,
+        "VIDEOJOBS_RETRY_BACKOFF_BASE",
+        "seconds before the first retry of a failed attempt (doubles each time)",
+    )
+    retry_backoff_max: float = _setting(
+        60.0, "VIDEOJOBS_RETRY_BACKOFF_MAX", "longest wait between retries"
+    )
+    max_lease_losses: int = _setting(
+        10, "VIDEOJOBS_MAX_LEASE_LOSSES", "times a job may lose its worker before it fails"
+    )
+    priority_step: float = _setting(
+        300.0,
+        "VIDEOJOBS_PRIORITY_STEP",
+        "seconds of queue head start one step of priority is worth",
+    )
+    default_queue_timeout: float = _setting(
+        0.0,
+        "VIDEOJOBS_DEFAULT_QUEUE_TIMEOUT",
+        "seconds a job may wait in the queue unless it says otherwise (0: no limit)",
+    )
+    sweep_interval: float = _setting(
+        600.0,
+        "VIDEOJOBS_SWEEP_INTERVAL",
+        "seconds between sweeps for orphaned blobs and dead temporary files",
+    )
+    orphan_grace: float = _setting(
+        3600.0,
+        "VIDEOJOBS_ORPHAN_GRACE",
+        "age in seconds an unreferenced blob or temporary file must reach before a sweep "
+        "removes it",
+    )
+    log_level: str = _setting("INFO", "VIDEOJOBS_LOG_LEVEL", "logging level")
+
+    @property
+    def upload_limits(self) -> UploadLimits:
+        """The upload bounds these settings describe."""
+        return UploadLimits(
+            max_upload_bytes=self.max_upload_bytes,
+            idle_timeout_seconds=self.upload_idle_timeout,
+            max_concurrent_uploads=self.max_concurrent_uploads,
+            max_uploads_per_peer=self.max_uploads_per_peer,
+            min_free_bytes=self.min_free_bytes,
+            storage_quota_bytes=self.storage_quota_bytes,
+        )
+
+    @property
+    def report_limits(self) -> ReportLimits:
+        """The worker-report bounds these settings describe."""
+        return ReportLimits(
+            max_partial_result_bytes=self.max_partial_result_bytes,
+            partial_results_per_second=self.partial_results_per_second,
+            partial_result_burst=_REPORTS.partial_result_burst,
+            max_partial_result_bytes_per_job=self.max_partial_result_bytes_per_job,
+            max_events_per_job=self.max_events_per_job,
+        )
 
 
-def parse_settings(argv: list[str] | None = None) -> JobServiceSettings:
-    """Settings from the command line and the environment."""
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="videojobs-server", description="Run job-service (JobService + DispatchService)."
-    )
-    add_option(
-        parser,
-        "--listen",
-        "VIDEOJOBS_LISTEN",
-        DEFAULT_ADDRESS,
-        "address to bind; port 0 picks a free port",
     )
     add_option(
         parser,
@@ -47,118 +169,29 @@ def parse_settings(argv: list[str] | None = None) -> JobServiceSettings:
         DEFAULT_DATA_DIR,
         "directory for the SQLite database and local storage",
     )
-    add_option(
-        parser,
-        "--database-url",
-        "VIDEOJOBS_DATABASE_URL",
-        "",
-        "SQLAlchemy async URL (default: SQLite in the data dir)",
-    )
-    add_option(
-        parser,
-        "--storage-url",
-        "VIDEOJOBS_STORAGE_URL",
-        "",
-        "storage root: a directory or file:///dir (default: <data dir>/storage)",
-    )
-    add_option(
-        parser,
-        "--max-upload-bytes",
-        "VIDEOJOBS_MAX_UPLOAD_BYTES",
-        4 * 1024**3,
-        "largest accepted upload",
-        int,
-    )
-    add_option(
-        parser,
-        "--max-attempts",
-        "VIDEOJOBS_MAX_ATTEMPTS",
-        3,
-        "attempts of a job whose failures are retryable",
-        int,
-    )
-    add_option(
-        parser,
-        "--heartbeat-interval",
-        "VIDEOJOBS_HEARTBEAT_INTERVAL",
-        2.0,
-        "seconds between worker heartbeats",
-        float,
-    )
-    add_option(
-        parser,
-        "--lease-duration",
-        "VIDEOJOBS_LEASE_DURATION",
-        10.0,
-        "seconds a lease lives without a heartbeat",
-        float,
-    )
-    add_option(
-        parser,
-        "--shutdown-grace",
-        "VIDEOJOBS_SHUTDOWN_GRACE",
-        5.0,
-        "seconds in-flight calls get to finish at shutdown",
-        float,
-    )
-    add_option(
-        parser,
-        "--retry-backoff-base",
-        "VIDEOJOBS_RETRY_BACKOFF_BASE",
-        1.0,
-        "seconds before the first retry of a failed attempt (doubles each time)",
-        float,
-    )
-    add_option(
-        parser,
-        "--retry-backoff-max",
-        "VIDEOJOBS_RETRY_BACKOFF_MAX",
-        60.0,
-        "longest wait between retries",
-        float,
-    )
-    add_option(
-        parser,
-        "--max-lease-losses",
-        "VIDEOJOBS_MAX_LEASE_LOSSES",
-        10,
-        "times a job may lose its worker before it fails",
-        int,
-    )
-    add_option(
-        parser,
-        "--priority-step",
-        "VIDEOJOBS_PRIORITY_STEP",
-        300.0,
-        "seconds of queue head start one step of priority is worth",
-        float,
-    )
-    add_option(
-        parser,
-        "--default-queue-timeout",
-        "VIDEOJOBS_DEFAULT_QUEUE_TIMEOUT",
-        0.0,
-        "seconds a job may wait in the queue unless it says otherwise (0: no limit)",
-        float,
-    )
-    add_option(parser, "--log-level", "VIDEOJOBS_LOG_LEVEL", "INFO", "logging level")
+    for setting in dataclasses.fields(JobServiceSettings):
+        meta = setting.metadata
+        flag = meta["flag"] or "--" + setting.name.replace("_", "-")
+        parse = setting.type if setting.type in ("int", "float") else "str"
+        add_option(parser, flag, meta["env"], setting.default, meta["help"], _PARSERS[parse])
+    return parser
+
+
+_PARSERS = {"int": int, "float": float, "str": str}
+
+
+def parse_settings(argv: list[str] | None = None) -> JobServiceSettings:
+    """Settings from the command line and the environment."""
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.heartbeat_interval <= 0 or args.lease_duration <= args.heartbeat_interval:
         parser.error("need 0 < heartbeat interval < lease duration")
+    for name in ("max_concurrent_uploads", "max_uploads_per_peer", "max_events_per_job"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.upload_idle_timeout <= 0 or args.sweep_interval <= 0 or args.orphan_grace < 0:
+        parser.error("timeouts and intervals must be positive")
     database_url, storage_url = storage_dirs(args.data_dir, args.database_url, args.storage_url)
-    return JobServiceSettings(
-        listen=args.listen,
-        database_url=database_url,
-        storage_url=storage_url,
-        max_upload_bytes=args.max_upload_bytes,
-        max_attempts=args.max_attempts,
-        heartbeat_interval=args.heartbeat_interval,
-        lease_duration=args.lease_duration,
-        shutdown_grace=args.shutdown_grace,
-        retry_backoff_base=args.retry_backoff_base,
-        retry_backoff_max=args.retry_backoff_max,
-        max_lease_losses=args.max_lease_losses,
-        priority_step=args.priority_step,
-        default_queue_timeout=args.default_queue_timeout,
-        log_level=args.log_level,
-    )
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(JobServiceSettings)}
+    values.update(database_url=database_url, storage_url=storage_url)
+    return JobServiceSettings(**values)

@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 
 from videojobs.common import errors
+from videojobs.common.text import echo
 from videojobs.jobservice.domain import (
     MAX_ATTEMPTS_LIMIT,
     MAX_EXECUTION_TIMEOUT_SECONDS,
@@ -34,22 +35,31 @@ from videojobs.jobservice.domain import (
     new_job_id,
     utc_now,
 )
+from videojobs.jobservice.limits import MAX_CHUNK_BYTES, MAX_REQUEST_ID_CHARS, UploadLimits
 from videojobs.jobservice.store import Database
 from videojobs.jobservice.store.models import JobRow
+from videojobs.jobservice.upload_admission import StorageBudget, UploadAdmission
+from videojobs.jobservice.upload_checks import (
+    check_file_name,
+    check_parameters_shape,
+    check_pipeline_names,
+)
 from videojobs.pipelines import ParameterError, PipelineCatalogue, PipelineFailure
-from videojobs.pipelines.media import check_is_media_container
+from videojobs.pipelines.containers import (
+    SNIFF_BYTES,
+    ContainerFormat,
+    NotAContainer,
+    UnsupportedContainer,
+    sniff_container,
+)
 from videojobs.pipelines.plan import JobPlan, plan_job
 from videojobs.storage import BlobStore, StorageKey
 from videojobs.storage.blobstore import BlobWriter
 
 log = logging.getLogger(__name__)
 
-MAX_CHUNK_BYTES = 4 * 1024 * 1024
-MAX_FILE_NAME_BYTES = 255
-MAX_REQUEST_ID_LENGTH = 128
-_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
+_REQUEST_ID = re.compile(rf"[\x21-\x7e]{{1,{MAX_REQUEST_ID_CHARS}}}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_EXTENSION = re.compile(r"\.[a-z0-9]{1,8}")
 
 
 @dataclass(frozen=True)
@@ -71,12 +81,17 @@ class UploadHeader:
 
 @dataclass(frozen=True)
 class SubmitLimits:
-    """Server-side limits of an upload."""
+    """Server-side limits and defaults of a submit."""
 
-    max_upload_bytes: int
+    uploads: UploadLimits = field(default_factory=UploadLimits)
     max_attempts: int = 3
     priority_step: float = 300.0
     default_queue_timeout: float = 0.0
+
+    @property
+    def max_upload_bytes(self) -> int:
+        """Largest accepted upload."""
+        return self.uploads.max_upload_bytes
 
 
 class SubmitService:
@@ -95,22 +110,31 @@ class SubmitService:
         self._catalogue = catalogue
         self._limits = limits
         self._on_job_queued = on_job_queued
+        self.admission = UploadAdmission(limits.uploads)
+        self._budget = StorageBudget(limits.uploads, blob_store, self._stored_input_bytes)
+
+    @property
+    def idle_timeout_seconds(self) -> float:
+        """Longest wait for the next upload message (the caller enforces it on
+        the whole stream, header included; see `with_idle_timeout`)."""
+        return self._limits.uploads.idle_timeout_seconds
+
+    async def _stored_input_bytes(self) -> int:
+        async with self._database.reading() as repository:
+            return await repository.stored_input_bytes()
 
     def validate_header(self, header: UploadHeader) -> JobPlan | None:
-        """Checks the header before any byte is read; returns the job's plan."""
-        violations: list[tuple[str, str]] = []
-        name = header.file_name
-        if not name:
-            violations.append(("header.file_name", "is required"))
-        elif "/" in name or "\\" in name or name in (".", ".."):
-            violations.append(("header.file_name", "must be a base name, without '/' or '\\'"))
-        elif len(name.encode()) > MAX_FILE_NAME_BYTES or any(ord(c) < 32 for c in name):
-            violations.append(
-                ("header.file_name", f"at most {MAX_FILE_NAME_BYTES} bytes, no control characters")
-            )
+        """Checks the header before any byte is read; returns the job's plan.
+
+        Bounds come first (sizes, characters, counts), so nothing unbounded
+        reaches the catalogue, the parameter specs or an error message."""
+        violations: list[tuple[str, str]] = check_file_name(header.file_name)
         if header.request_id and not _REQUEST_ID.fullmatch(header.request_id):
             violations.append(
-                ("header.request_id", "at most 128 printable ASCII characters, no spaces")
+                (
+                    "header.request_id",
+                    f"at most {MAX_REQUEST_ID_CHARS} printable ASCII characters, no spaces",
+                )
             )
         if header.expected_size_bytes < 0:
             violations.append(("header.expected_size_bytes", "must not be negative"))
@@ -130,7 +154,6 @@ class SubmitService:
         ):
             if value is not None and not 0 < value <= MAX_EXECUTION_TIMEOUT_SECONDS:
                 violations.append((name, "more than 0 and at most 24 hours"))
-        plan = None
         names_field = "header.pipelines" if header.pipelines else "header.pipeline"
         names = list(header.pipelines) or ([header.pipeline] if header.pipeline else [])
         if header.pipeline and header.pipelines:
@@ -138,28 +161,38 @@ class SubmitService:
         elif not names:
             violations.append(("header.pipeline", "is required (or pipelines)"))
         else:
-            try:
-                plan = plan_job(
-                    self._catalogue,
-                    names,
-                    header.parameters,
-                    field_prefix="header.parameters",
-                    names_field=names_field,
-                )
-            except ParameterError as exc:
-                violations.extend(exc.violations)
+            violations.extend(check_pipeline_names(names, names_field))
+        violations.extend(check_parameters_shape(header.parameters, "header.parameters"))
         if violations:
             raise errors.invalid_argument("the upload header is invalid", violations)
-        return plan
+        try:
+            return plan_job(
+                self._catalogue,
+                names,
+                header.parameters,
+                field_prefix="header.parameters",
+                names_field=names_field,
+            )
+        except ParameterError as exc:
+            raise errors.invalid_argument("the upload header is invalid", exc.violations) from None
 
-    async def submit(self, header: UploadHeader, chunks: AsyncIterator[bytes]) -> Job:
+    async def submit(
+        self, header: UploadHeader, chunks: AsyncIterator[bytes], peer: str = ""
+    ) -> Job:
         """Stores the upload and creates the job (or returns the job of a repeated
         request_id). See the module docstring for the guarantees."""
         plan = self.validate_header(header)
+        with self.admission.admit(peer), self._budget.reserve() as reservation:
+            await reservation.promise(header.expected_size_bytes)
+            return await self._receive(header, plan, chunks, reservation)
+
+    async def _receive(self, header, plan, chunks, reservation) -> Job:
         job_id = new_job_id()
-        input_key = input_key_for(job_id, _extension_of(header.file_name))
-        writer = await asyncio.to_thread(self._blob_store.open_writer, input_key)
+        writer: BlobWriter | None = None
+        head = b""
+        container: ContainerFormat | None = None
         published = False
+        input_key: StorageKey | None = None
         try:
             async for chunk in chunks:
                 if len(chunk) > MAX_CHUNK_BYTES:
@@ -168,23 +201,47 @@ class SubmitService:
                         "CHUNK_TOO_LARGE",
                         max_chunk_bytes=str(MAX_CHUNK_BYTES),
                     )
-                if writer.size_bytes + len(chunk) > self._limits.max_upload_bytes:
+                if not chunk:
+                    continue
+                size = (writer.size_bytes if writer else 0) + len(head) + len(chunk)
+                if size > self._limits.max_upload_bytes:
                     raise self._too_large()
-                if chunk:
-                    await asyncio.to_thread(writer.write, chunk)
+                if container is None:
+                    # Nothing is stored before the first bytes say what this is.
+                    head += chunk
+                    if len(head) < SNIFF_BYTES:
+                        continue
+                    container = _identify(head)
+                    input_key = input_key_for(job_id, container.extension)
+                    writer = await asyncio.to_thread(self._blob_store.open_writer, input_key)
+                    chunk, head = head, b""
+                await asyncio.to_thread(writer.write, chunk)
+                await reservation.wrote(writer.size_bytes)
+            if container is None:
+                if not head:
+                    raise errors.invalid_argument(
+                        "the upload holds no bytes", [("chunk", "the upload holds no bytes")]
+                    )
+                container = _identify(head)
+                input_key = input_key_for(job_id, container.extension)
+                writer = await asyncio.to_thread(self._blob_store.open_writer, input_key)
+                await asyncio.to_thread(writer.write, head)
             size, sha256 = writer.size_bytes, writer.sha256_hex()
             self._check_received(header, size, sha256)
-            await self._check_container(writer)
+            await self._check_container(writer, container)
             await asyncio.to_thread(writer.commit)
-            job, created = await self._create_job(header, plan, job_id, input_key, size, sha256)
+            job, created = await self._create_job(
+                header, plan, job_id, input_key, container, size, sha256
+            )
             # Kept only when a job now refers to it: for a repeated request the
             # first upload's job stands and this copy goes.
             published = created
             return job
         finally:
-            writer.abort()
-            if not published:
-                await asyncio.to_thread(self._blob_store.delete, input_key)
+            if writer is not None:
+                writer.abort()
+                if not published:
+                    await asyncio.to_thread(self._blob_store.delete, input_key)
 
     def _too_large(self) -> errors.ServiceError:
         limit = self._limits.max_upload_bytes
@@ -197,8 +254,6 @@ class SubmitService:
     @staticmethod
     def _check_received(header: UploadHeader, size: int, sha256: str) -> None:
         violations = []
-        if size == 0:
-            violations.append(("chunk", "the upload holds no bytes"))
         if header.expected_size_bytes and header.expected_size_bytes != size:
             violations.append(
                 (
@@ -214,10 +269,14 @@ class SubmitService:
             raise errors.invalid_argument("the upload does not match its header", violations)
 
     @staticmethod
-    async def _check_container(writer: BlobWriter) -> None:
+    async def _check_container(writer: BlobWriter, container: ContainerFormat) -> None:
+        """Opens the whole upload as the identified format (and only as that)."""
+        # Imported here: PyAV is needed only once an upload is complete.
+        from videojobs.pipelines.media import check_is_media_container
+
         def check() -> str:
             with writer.read_back() as source:
-                return check_is_media_container(source)
+                return check_is_media_container(source, container.name)
 
         try:
             await asyncio.to_thread(check)
@@ -234,6 +293,7 @@ class SubmitService:
         plan: JobPlan,
         job_id: str,
         input_key: StorageKey,
+        container: ContainerFormat,
         size: int,
         sha256: str,
     ) -> tuple[Job, bool]:
@@ -279,6 +339,7 @@ class SubmitService:
                         max_attempts=header.max_attempts or self._limits.max_attempts,
                         file_name=header.file_name,
                         input_key=input_key.value,
+                        input_format=container.name,
                         input_size_bytes=size,
                         input_sha256=sha256,
                         progress_fraction=0.0,
@@ -315,10 +376,24 @@ class SubmitService:
         return await repository.to_domain(existing)
 
 
-def _extension_of(file_name: str) -> str:
-    dot = file_name.rfind(".")
-    extension = file_name[dot:].lower() if dot > 0 else ""
-    return extension if _EXTENSION.fullmatch(extension) else ""
+def _identify(head: bytes) -> ContainerFormat:
+    """The allowed container the upload's first bytes belong to, or
+    INVALID_ARGUMENT: UNSUPPORTED_CONTAINER for a refused format (playlists
+    and the like), NOT_A_VIDEO for bytes no container starts with."""
+    try:
+        return sniff_container(head)
+    except UnsupportedContainer as exc:
+        raise errors.invalid_argument(
+            f"the upload is {exc.format_label}, which is not accepted",
+            [("chunk", f"{exc.format_label}: {exc.why}; upload a single-file video container")],
+            reason="UNSUPPORTED_CONTAINER",
+        ) from None
+    except NotAContainer:
+        raise errors.invalid_argument(
+            "the upload is not a video container",
+            [("chunk", f"the first bytes ({echo(head[:16].hex())}) start no supported container")],
+            reason="NOT_A_VIDEO",
+        ) from None
 
 
 def _fingerprint(

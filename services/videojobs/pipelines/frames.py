@@ -21,7 +21,12 @@ import cv2
 import numpy as np
 
 from videojobs.pipelines.base import ParameterSpec, PipelineFailure, PipelineSpec
-from videojobs.pipelines.media import ffmpeg_reason, open_media
+from videojobs.pipelines.media import (
+    check_frame_size,
+    check_stream_size,
+    ffmpeg_reason,
+    open_media,
+)
 from videojobs.storage import BlobStore, StorageKey
 
 SAMPLING_PARAMETERS = (
@@ -132,13 +137,19 @@ class SamplingReport:
 def video_info(
     container: av.container.InputContainer,
 ) -> tuple[av.video.stream.VideoStream, VideoInfo]:
-    """The first video stream and what its header says."""
+    """The first video stream and what its header says.
+
+    Raises PipelineFailure: NO_VIDEO_STREAM, UNSUPPORTED_CODEC, or
+    FRAME_TOO_LARGE when the stream's size is over the container's pixel cap
+    (see `media.open_media`), so a job fails before any frame is decoded.
+    """
     streams = [s for s in container.streams if s.type == "video"]
     if not streams:
         raise PipelineFailure("input has no video stream", reason="NO_VIDEO_STREAM")
     stream = streams[0]
     if stream.codec_context is None or stream.codec_context.name is None:
         raise PipelineFailure("the video codec is not supported", reason="UNSUPPORTED_CODEC")
+    check_stream_size(stream)
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     duration = None
     if stream.duration is not None and stream.time_base is not None:
@@ -165,8 +176,12 @@ def sample_frames(
 
     Corrupt packets in the middle are skipped and counted (a warning in
     `report`); a stream that yields no frame at all, or breaks down
-    completely, raises PipelineFailure (INPUT_NOT_DECODABLE).
+    completely, raises PipelineFailure (INPUT_NOT_DECODABLE). A stream or a
+    decoded frame over the pixel cap raises PipelineFailure (FRAME_TOO_LARGE).
+    Running out of memory is never a decode error: MemoryError (FFmpeg's
+    ENOMEM included) propagates.
     """
+    max_frame_pixels = check_stream_size(stream)
     stride = sampling["frame_stride"]
     max_frames = sampling["max_frames"]
     start = sampling["start_time"]
@@ -185,6 +200,8 @@ def sample_frames(
             packet = next(packets)
         except StopIteration:
             break
+        except MemoryError:
+            raise
         except av.error.FFmpegError as exc:
             report.decode_errors += 1
             if report.decode_errors > MAX_DECODE_ERRORS or report.decoded_frames == 0:
@@ -192,12 +209,15 @@ def sample_frames(
             break  # the container breaks off here: keep what was decoded
         try:
             frames = packet.decode()
+        except MemoryError:
+            raise
         except av.error.FFmpegError as exc:
             report.decode_errors += 1
             if report.decode_errors > MAX_DECODE_ERRORS:
                 raise _undecodable(stream, exc) from None
             continue
         for frame in frames:
+            check_frame_size(frame, max_frame_pixels, stream.index)
             if frame.pts is None:
                 continue
             report.decoded_frames += 1

@@ -5,6 +5,13 @@ picture size, frame rate, frame count (counted by demuxing when the header
 lacks it, or always with `count_frames`), rotation, audio sample rate and
 channels. It decodes the first frames of the first video stream, so a file that
 opens but does not decode fails the job instead of reporting nonsense.
+
+The input is opened with its recorded container format and the pixel cap
+(`media.open_media`). A video stream over the cap is still described from its
+headers (its size is what a client wants to know, and reading headers
+allocates no picture), but proving that it decodes is refused before any frame
+is decoded: with `verify_frames` above 0 (the default) the job fails with
+FRAME_TOO_LARGE. Counting frames only demuxes, so it is allowed either way.
 """
 
 from __future__ import annotations
@@ -23,7 +30,13 @@ from videojobs.pipelines.base import (
     PipelineReporter,
     PipelineSpec,
 )
-from videojobs.pipelines.media import ffmpeg_reason, open_media
+from videojobs.pipelines.media import (
+    check_frame_size,
+    check_stream_size,
+    ffmpeg_reason,
+    format_name_of,
+    open_media,
+)
 
 log = logging.getLogger(__name__)
 
@@ -99,12 +112,16 @@ class ProbePipeline:
     spec = SPEC
 
     def run(self, source: BinaryIO, parameters: dict, reporter: PipelineReporter) -> PipelineOutput:
-        """Probes `source`; see the module docstring."""
+        """Probes `source`; see the module docstring. A `media.MediaSource`
+        is opened with the format and pixel cap it carries; any other file
+        object with the format identified from its first bytes."""
         reporter.progress(0.0, "opening")
         with open_media(source) as container:
             streams = [_describe_stream(s) for s in container.streams]
             container_info = {
-                "format": container.format.name,
+                # The stable name jobs record (`mp4`, `matroska`...), not
+                # FFmpeg's demuxer name.
+                "format": format_name_of(container),
                 "format_long_name": container.format.long_name,
                 "duration_seconds": _seconds(container.duration, Fraction(1, av.time_base)),
                 "bit_rate": container.bit_rate or None,
@@ -160,17 +177,23 @@ class ProbePipeline:
 
     @staticmethod
     def _verify_decodes(container, stream, frames_wanted: int) -> int | None:
-        """Decodes the first frames; returns the display rotation of the first one."""
+        """Decodes the first frames; returns the display rotation of the first one.
+        A stream or frame over the pixel cap fails (FRAME_TOO_LARGE) before
+        the decoder allocates it."""
+        max_frame_pixels = check_stream_size(stream)
         rotation = None
         decoded = 0
         try:
             container.seek(0)
             for frame in container.decode(stream):
+                check_frame_size(frame, max_frame_pixels, stream.index)
                 if rotation is None:
                     rotation = int(getattr(frame, "rotation", 0) or 0) % 360
                 decoded += 1
                 if decoded >= frames_wanted:
                     break
+        except MemoryError:
+            raise  # the memory limit, not a broken stream
         except av.error.FFmpegError as exc:
             raise PipelineFailure(
                 f"video stream {stream.index} does not decode ({ffmpeg_reason(exc)})",
@@ -200,6 +223,8 @@ class ProbePipeline:
                     if done - last_reported >= 0.05:
                         reporter.progress(done, "counting frames")
                         last_reported = done
+        except MemoryError:
+            raise  # the memory limit, not a broken stream
         except av.error.FFmpegError as exc:
             raise PipelineFailure(
                 f"input breaks off while demuxing ({ffmpeg_reason(exc)})",

@@ -2,11 +2,14 @@
 pipelines share one decode; findings stream out in batches as they come.
 
 Used by the worker's pipeline child process; it knows storage keys and PyAV,
-nothing about gRPC or the database.
+nothing about gRPC or the database. The input is only ever opened with the
+container format recorded for the job and the worker's pixel cap
+(`media.open_media`).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,9 +20,14 @@ from videojobs.pipelines.frames import (
     AnalysisContext,
     ArtifactOut,
     SamplingReport,
-    open_media,
     sample_frames,
     video_info,
+)
+from videojobs.pipelines.media import (
+    DEFAULT_MAX_FRAME_PIXELS,
+    MediaSource,
+    allowed_container,
+    open_media,
 )
 from videojobs.pipelines.plan import SAMPLING, is_frame_pipeline, parameters_of
 from videojobs.pipelines.registry import PipelineCatalogue
@@ -29,6 +37,11 @@ from videojobs.storage import BlobStore, StorageKey
 # long job sends a handful of events a second, not one per frame.
 PARTIAL_FLUSH_SECONDS = 0.25
 PARTIAL_MAX_ENTRIES = 500
+# job-service refuses a partial result over 256 KiB (serialized) and more than
+# 10 a second per job: batches stay at half that size (as JSON), and a burst of
+# findings is sent at most 8 times a second (the pipeline waits, briefly).
+PARTIAL_MAX_JSON_BYTES = 128 * 1024
+PARTIAL_MIN_INTERVAL_SECONDS = 0.125
 RESULT_VERSION = 1
 
 
@@ -59,29 +72,55 @@ class ScaledReporter:
 
 class FrameBatcher:
     """Collects per-frame entries and sends them as one partial result at most
-    every PARTIAL_FLUSH_SECONDS."""
+    every PARTIAL_FLUSH_SECONDS, or sooner when a batch reaches
+    PARTIAL_MAX_ENTRIES entries or PARTIAL_MAX_JSON_BYTES, but never more often
+    than every PARTIAL_MIN_INTERVAL_SECONDS: the live stream stays within what
+    job-service accepts however many findings a video holds. An entry too big
+    for a batch on its own goes out without its findings (counted instead);
+    the result document always holds them all."""
 
     def __init__(self, reporter: PipelineReporter) -> None:
         self._reporter = reporter
         self._pending: list[dict[str, Any]] = []
+        self._pending_bytes = 0
         self._last_flush = time.monotonic()
 
     def add(self, entry: dict[str, Any]) -> None:
         """Queues an entry; flushes when due."""
+        size = len(json.dumps(entry, separators=(",", ":")))
+        if size > PARTIAL_MAX_JSON_BYTES:
+            entry = _without_findings(entry)
+            size = len(json.dumps(entry, separators=(",", ":")))
+        if self._pending_bytes + size > PARTIAL_MAX_JSON_BYTES:
+            self.flush()
         self._pending.append(entry)
+        self._pending_bytes += size
         now = time.monotonic()
         if (
             now - self._last_flush >= PARTIAL_FLUSH_SECONDS
             or len(self._pending) >= PARTIAL_MAX_ENTRIES
         ):
-            self.flush(now)
+            self.flush()
 
-    def flush(self, now: float | None = None) -> None:
-        """Sends what is pending."""
+    def flush(self) -> None:
+        """Sends what is pending (waiting out the minimum interval first)."""
         if self._pending:
+            wait = PARTIAL_MIN_INTERVAL_SECONDS - (time.monotonic() - self._last_flush)
+            if wait > 0:
+                time.sleep(wait)  # backpressure: job-service limits the rate
             self._reporter.partial_result({"frames": self._pending})
             self._pending = []
-        self._last_flush = now or time.monotonic()
+            self._pending_bytes = 0
+        self._last_flush = time.monotonic()
+
+
+def _without_findings(entry: dict[str, Any]) -> dict[str, Any]:
+    """A frame entry with each pipeline's findings replaced by their count."""
+    slim: dict[str, Any] = {"index": entry.get("index"), "time": entry.get("time")}
+    slim["truncated"] = {
+        name: len(found) for name, found in entry.items() if isinstance(found, list)
+    }
+    return slim
 
 
 def run_job(
@@ -92,8 +131,19 @@ def run_job(
     input_key: StorageKey,
     output_prefix: StorageKey,
     reporter: PipelineReporter,
+    *,
+    input_format: str,
+    max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS,
 ) -> JobOutput:
-    """Runs every pipeline of the job; see the module docstring."""
+    """Runs every pipeline of the job; see the module docstring.
+
+    `input_format` names the input's container in `containers.ALLOWED_FORMATS`
+    (the demuxer forced on every open); `max_frame_pixels` is the largest
+    picture decoded. Container pipelines get the input as a `MediaSource`
+    carrying both. Raises PipelineFailure (UNSUPPORTED_CONTAINER for an
+    unknown format, FRAME_TOO_LARGE, the pipelines' own failures).
+    """
+    allowed_container(input_format)  # refuse an unknown format before any work
     single = len(names) == 1
     pipelines = {name: catalogue.get(name) for name in names}
     # Validated again here: parameters cross the wire as JSON (every number a
@@ -118,7 +168,8 @@ def run_job(
     for position, name in enumerate(container_names):
         low = container_share * position / len(container_names)
         high = container_share * (position + 1) / len(container_names)
-        with store.open_read(input_key) as source:
+        with store.open_read(input_key) as raw:
+            source = MediaSource(raw, input_format, max_frame_pixels)
             output = pipelines[name].run(
                 source, parameters[name], ScaledReporter(reporter, low, high)
             )
@@ -127,7 +178,10 @@ def run_job(
 
     if frame_names:
         sampling = parameters[SAMPLING]
-        with store.open_read(input_key) as source, open_media(source) as container:
+        with (
+            store.open_read(input_key) as source,
+            open_media(source, input_format, max_frame_pixels=max_frame_pixels) as container,
+        ):
             stream, info = video_info(container)
             context = AnalysisContext(store=store, output_prefix=output_prefix, video=info)
             analyzers = {

@@ -8,9 +8,11 @@ loop never blocks on storage.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import BinaryIO, Protocol
 
 from videojobs.storage.keys import StorageKey
@@ -32,6 +34,23 @@ class BlobWriteAborted(BlobStoreError):
     """A write was abandoned before commit; nothing was published."""
 
 
+class StorageFull(BlobStoreError):
+    """The storage has no room left (a full disk or an exceeded disk quota).
+
+    `storage_full` lets layers that do not import this package recognise it
+    (see `videojobs.common.errors.resource_error_for`)."""
+
+    storage_full = True
+
+
+def storage_error(key: StorageKey, action: str, exc: OSError) -> BlobStoreError:
+    """The BlobStoreError for an OSError while `action`-ing `key`: StorageFull
+    for a full disk, a plain BlobStoreError otherwise (never a host path)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFull(f"cannot {action} {key.value!r}: no space left in storage")
+    return BlobStoreError(f"cannot {action} {key.value!r}: {exc.strerror or type(exc).__name__}")
+
+
 @dataclass(frozen=True, slots=True)
 class BlobInfo:
     """What a store knows about one object."""
@@ -39,6 +58,8 @@ class BlobInfo:
     key: StorageKey
     size_bytes: int
     sha256: str | None = None
+    # When the object was last written, where the backend knows (for sweeps).
+    modified_at: datetime | None = None
 
 
 class BlobWriter(Protocol):
@@ -95,6 +116,15 @@ class BlobStore(Protocol):
 
     def list(self, prefix: StorageKey | None = None) -> Iterator[BlobInfo]:
         """Objects below `prefix` (all objects when None), in key order."""
+
+    def available_bytes(self) -> int | None:
+        """Free space left for new objects, or None where the backend has no
+        such limit (object stores)."""
+
+    def sweep_partial_writes(self, older_than_seconds: float) -> int:
+        """Removes what writes that died mid-way left behind (temporary files,
+        unfinished multipart uploads) older than `older_than_seconds`;
+        returns how many."""
 
 
 class HashingCounter:

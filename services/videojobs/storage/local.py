@@ -14,15 +14,16 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
 from videojobs.storage.blobstore import (
     BlobInfo,
     BlobNotFound,
-    BlobStoreError,
     BlobWriteAborted,
     HashingCounter,
+    storage_error,
 )
 from videojobs.storage.keys import InvalidStorageKey, StorageKey
 
@@ -84,7 +85,7 @@ class LocalBlobStore:
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise BlobNotFound(key) from None
         except OSError as exc:
-            raise BlobStoreError(f"cannot read {key.value!r}: {exc.strerror}") from None
+            raise storage_error(key, "read", exc) from None
 
     def stat(self, key: StorageKey) -> BlobInfo:
         """Size of the object. Raises BlobNotFound."""
@@ -95,7 +96,7 @@ class LocalBlobStore:
             raise BlobNotFound(key) from None
         if not path.is_file():
             raise BlobNotFound(key)
-        return BlobInfo(key=key, size_bytes=st.st_size)
+        return BlobInfo(key=key, size_bytes=st.st_size, modified_at=_mtime(st.st_mtime))
 
     def exists(self, key: StorageKey) -> bool:
         """Whether an object is stored under `key`."""
@@ -130,10 +131,20 @@ class LocalBlobStore:
             for filename in filenames:
                 try:
                     key = StorageKey.join(*relative_dir.parts, filename)
+                    st = (current / filename).stat()
                 except InvalidStorageKey:
                     continue  # a file put there by hand under a name no key can have
-                found.append(BlobInfo(key=key, size_bytes=(current / filename).stat().st_size))
+                except FileNotFoundError:
+                    continue  # deleted while we walked
+                found.append(
+                    BlobInfo(key=key, size_bytes=st.st_size, modified_at=_mtime(st.st_mtime))
+                )
         yield from sorted(found, key=lambda info: info.key.value)
+
+    def available_bytes(self) -> int | None:
+        """Free bytes on the root's filesystem, for unprivileged writers."""
+        st = os.statvfs(self._root)
+        return st.f_bavail * st.f_frsize
 
     def sweep_partial_writes(self, older_than_seconds: float) -> int:
         """Removes temporary files of writes that died (process killed mid-write)."""
@@ -155,13 +166,20 @@ class LocalBlobStore:
             directory = directory.parent
 
 
+def _mtime(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
 class _LocalBlobWriter:
     """Writes into a temp file and renames it into place on commit."""
 
     def __init__(self, key: StorageKey, final_path: Path, partial_dir: Path) -> None:
         self.key = key
         self._final_path = final_path
-        fd, temp_name = tempfile.mkstemp(dir=partial_dir, prefix="w-", suffix=".partial")
+        try:
+            fd, temp_name = tempfile.mkstemp(dir=partial_dir, prefix="w-", suffix=".partial")
+        except OSError as exc:
+            raise storage_error(key, "write", exc) from None
         self._temp_path = Path(temp_name)
         self._file = os.fdopen(fd, "wb")
         self._counter = HashingCounter()
@@ -180,7 +198,7 @@ class _LocalBlobWriter:
             self._file.write(data)
         except OSError as exc:
             self.abort()
-            raise BlobStoreError(f"cannot write {self.key.value!r}: {exc.strerror}") from None
+            raise storage_error(self.key, "write", exc) from None
         self._counter.update(data)
 
     def sha256_hex(self) -> str:
@@ -206,7 +224,7 @@ class _LocalBlobWriter:
             os.replace(self._temp_path, self._final_path)
         except OSError as exc:
             self.abort()
-            raise BlobStoreError(f"cannot store {self.key.value!r}: {exc.strerror}") from None
+            raise storage_error(self.key, "store", exc) from None
         self._done = True
         return BlobInfo(key=self.key, size_bytes=self.size_bytes, sha256=self.sha256_hex())
 

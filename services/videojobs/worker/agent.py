@@ -88,6 +88,12 @@ class WorkerAgent:
         self._idle = asyncio.Event()
         self._idle.set()
         self._heartbeat_interval = 2.0
+        memory = settings.child_memory_limit_mib
+        log.info(
+            "job processes: memory limit %s, pictures up to %d pixels",
+            f"{memory} MiB" if memory else "none",
+            settings.max_frame_pixels,
+        )
 
     # -- public --------------------------------------------------------------
 
@@ -274,6 +280,11 @@ class WorkerAgent:
                     pipeline=assignment.pipeline,
                     parameters=dict(_struct_to_dict(assignment.parameters)),
                     output_prefix=output_prefix.value,
+                    # Empty for jobs accepted before formats were recorded:
+                    # the child then identifies the format from the bytes.
+                    input_format=assignment.input_format,
+                    max_frame_pixels=self.settings.max_frame_pixels,
+                    memory_limit_bytes=self.settings.child_memory_limit_bytes,
                 )
 
                 async def relay(line: dict) -> None:

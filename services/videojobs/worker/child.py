@@ -3,6 +3,15 @@
 Runs one pipeline over one input and reports on stdout (see `protocol`).
 Isolation is the point: a decoder that crashes or hangs takes down this
 process, never the worker, and the worker can always kill it.
+
+The child also bounds itself: before it reads the input it caps its own
+address space (RLIMIT_AS) at the task's memory limit, so a hostile or simply
+enormous input makes allocations fail here (MemoryError, FFmpeg's ENOMEM),
+which is reported as a final RESOURCE_EXHAUSTED failure, instead of the
+machine's OOM killer choosing a victim. The input is opened only with the
+container format recorded for the job (identified from its bytes, by the same
+rules as job-service, for jobs accepted before formats were recorded) and
+decoded under the task's pixel cap.
 """
 
 from __future__ import annotations
@@ -10,13 +19,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import sys
 import threading
 import time
 import traceback
 from typing import Any, TextIO
 
+import cv2
+
 from videojobs.pipelines import PipelineFailure, builtin_catalogue
+from videojobs.pipelines.media import identify_container
 from videojobs.pipelines.plan import split_key
 from videojobs.pipelines.runner import run_job
 from videojobs.storage import StorageKey, open_blob_store
@@ -27,6 +40,17 @@ RESULT_FILE_NAME = "results.json"
 # Progress lines are rate-limited here so a fast pipeline cannot flood the
 # worker stream and the event log.
 PROGRESS_MIN_INTERVAL_SECONDS = 0.1
+MIB = 1024 * 1024
+# A job whose address space came this close to its limit and then failed in
+# any way failed for want of memory. Not every failed allocation says so: a
+# thread that cannot get its stack makes FFmpeg report EAGAIN, a library that
+# cannot be mapped is an ImportError, ONNX Runtime wraps std::bad_alloc. Those
+# are small requests, made when the process is nearly full.
+NEAR_MEMORY_LIMIT_BYTES = 64 * MIB
+# Failures an allocation failure deep inside FFmpeg can pass for.
+_DECODER_FAILURE_REASONS = frozenset({"INPUT_NOT_DECODABLE", "INPUT_NOT_MEDIA"})
+
+log = logging.getLogger("videojobs.worker.child")
 
 
 class LineReporter:
@@ -69,6 +93,67 @@ def _exit_when_parent_goes(stdin: TextIO) -> None:
     os._exit(3)
 
 
+def apply_memory_limit(limit_bytes: int) -> None:
+    """Caps this process's address space at `limit_bytes` (0: no cap).
+
+    Soft and hard limit both, so nothing in the process can lift it again.
+    RLIMIT_AS counts reserved address space, not only touched memory: thread
+    stacks and malloc arenas count in full, which is why the worker's default
+    leaves generous room above what real jobs peak at.
+    """
+    if limit_bytes <= 0:
+        return
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit_bytes = min(limit_bytes, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` reports a failed allocation: Python's and NumPy's
+    MemoryError, FFmpeg's ENOMEM (PyAV's `av.error.MemoryError` is one), or
+    OpenCV's "insufficient memory"."""
+    if isinstance(exc, MemoryError):
+        return True
+    return isinstance(exc, cv2.error) and getattr(exc, "code", None) == cv2.Error.StsNoMem
+
+
+def peak_address_space_bytes() -> int:
+    """The largest address space this process has had (VmPeak; 0 if unknown)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmPeak:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def reached_memory_limit(limit_bytes: int) -> bool:
+    """Whether a limit is set and this process's address space came within
+    NEAR_MEMORY_LIMIT_BYTES of it."""
+    return limit_bytes > 0 and peak_address_space_bytes() >= limit_bytes - NEAR_MEMORY_LIMIT_BYTES
+
+
+def memory_failure(limit_bytes: int) -> dict[str, Any]:
+    """The `failed` line of a job that ran out of memory. Not retryable: the
+    same input needs the same memory on the next attempt."""
+    if limit_bytes > 0:
+        message = (
+            f"the job needs more memory than the {limit_bytes // MIB} MiB the worker allows one job"
+        )
+    else:
+        message = "the job ran out of memory (the worker sets no per-job limit)"
+    return {
+        "type": "failed",
+        "code": "RESOURCE_EXHAUSTED",
+        "message": message,
+        "reason": "MEMORY_LIMIT_EXCEEDED",
+        "retryable": False,
+    }
+
+
 def run(task: ChildTask, reporter: LineReporter) -> None:
     """Runs the task and emits its terminal line."""
     store = open_blob_store(task.storage_url)
@@ -78,6 +163,11 @@ def run(task: ChildTask, reporter: LineReporter) -> None:
         raise PipelineFailure(
             "the job's input is missing from storage", code="NOT_FOUND", reason="INPUT_MISSING"
         )
+    input_format = task.input_format
+    if not input_format:
+        with store.open_read(input_key) as source:
+            input_format = identify_container(source)
+        log.info("job %s: no recorded input format; its bytes say %s", task.job_id, input_format)
     output = run_job(
         builtin_catalogue(),
         split_key(task.pipeline),
@@ -86,6 +176,8 @@ def run(task: ChildTask, reporter: LineReporter) -> None:
         input_key,
         output_prefix,
         reporter,
+        input_format=input_format,
+        max_frame_pixels=task.max_frame_pixels,
     )
     output_key = output_prefix.child(RESULT_FILE_NAME)
     document = {"job_id": task.job_id, "attempt": task.attempt, **output.document}
@@ -124,39 +216,53 @@ def main() -> int:
     task = ChildTask(**json.loads(sys.stdin.readline()))
     threading.Thread(target=_exit_when_parent_goes, args=(sys.stdin,), daemon=True).start()
     reporter = LineReporter(protocol_out, task.pipeline)
+    # After the imports (their size is the same for every job) and before the
+    # input is touched (what an input makes us allocate is what is limited).
+    apply_memory_limit(task.memory_limit_bytes)
+    failure: dict[str, Any]
+    out_of_memory: str | None = None
     try:
         run(task, reporter)
+        return 0
     except PipelineFailure as exc:
-        reporter.emit(
-            {
+        if exc.reason in _DECODER_FAILURE_REASONS and reached_memory_limit(task.memory_limit_bytes):
+            failure = memory_failure(task.memory_limit_bytes)
+            out_of_memory = f"{exc.reason}: {exc.message}"
+        else:
+            failure = {
                 "type": "failed",
                 "code": exc.code,
                 "message": exc.message,
                 "reason": exc.reason,
                 "retryable": exc.retryable,
             }
-        )
     except BlobStoreError as exc:
-        reporter.emit(
-            {
-                "type": "failed",
-                "code": "UNAVAILABLE",
-                "message": str(exc),
-                "reason": "STORAGE_ERROR",
-                "retryable": True,
-            }
-        )
+        failure = {
+            "type": "failed",
+            "code": "UNAVAILABLE",
+            "message": str(exc),
+            "reason": "STORAGE_ERROR",
+            "retryable": True,
+        }
     except Exception as exc:  # noqa: BLE001 - reported as a retryable crash, traceback to stderr
-        traceback.print_exc(file=sys.stderr)
-        reporter.emit(
-            {
+        if is_out_of_memory(exc) or reached_memory_limit(task.memory_limit_bytes):
+            # No traceback here: formatting one needs memory, and the frames it
+            # would keep alive hold what filled it.
+            failure = memory_failure(task.memory_limit_bytes)
+            out_of_memory = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+        else:
+            traceback.print_exc(file=sys.stderr)
+            failure = {
                 "type": "failed",
                 "code": "INTERNAL",
                 "message": f"the {task.pipeline} pipeline crashed ({type(exc).__name__})",
                 "reason": "PIPELINE_CRASHED",
                 "retryable": True,
             }
-        )
+    # Out of the except blocks, the failed job's frames and arrays are released.
+    if out_of_memory is not None:
+        log.warning("job %s ran out of memory: %s", task.job_id, out_of_memory)
+    reporter.emit(failure)
     return 0
 
 

@@ -8,7 +8,8 @@ stdout, each an object with a `type`:
 - `progress`: fraction, stage
 - `partial`: pipeline, data
 - `completed`: output_key, artifacts [{key, media_type, size_bytes}], summary
-- `failed`: code, message, reason, retryable
+- `failed`: code, message, reason, retryable (a job that outgrows the memory
+  limit: RESOURCE_EXHAUSTED / MEMORY_LIMIT_EXCEEDED, not retryable)
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ from typing import Any
 
 @dataclass(frozen=True)
 class ChildTask:
-    """What a child process is asked to do."""
+    """What a child process is asked to do, and the limits it runs under.
+
+    `input_format` is the container format recorded for the job's input (a
+    name in `containers.ALLOWED_FORMATS`), or empty for a job accepted before
+    formats were recorded: the child then identifies it from the input's
+    first bytes. `max_frame_pixels` is the largest picture decoded.
+    `memory_limit_bytes` caps the child's address space (RLIMIT_AS); 0 means
+    no limit.
+    """
 
     storage_url: str
     job_id: str
@@ -28,6 +37,9 @@ class ChildTask:
     pipeline: str
     parameters: dict[str, Any]
     output_prefix: str
+    input_format: str
+    max_frame_pixels: int
+    memory_limit_bytes: int
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""

@@ -14,6 +14,18 @@ from videojobs.common.config import (
     add_option,
     storage_dirs,
 )
+from videojobs.pipelines.media import DEFAULT_MAX_FRAME_PIXELS
+
+MIB = 1024 * 1024
+# Bounds of the automatic per-child memory limit. The floor is what real work
+# needs with room to spare: ocr + detect (+ scenes + thumbnails) on a 1280x720
+# clip peaks at 1.2 GiB of address space (0.5 GiB resident) on 2 cores, with
+# malloc arenas bounded as worker.runner does. The ceiling keeps one hostile
+# input from taking a big machine's memory.
+AUTO_CHILD_MEMORY_MIN_MIB = 2048
+AUTO_CHILD_MEMORY_MAX_MIB = 8192
+# Share of the machine's physical memory the children of one worker may use.
+AUTO_CHILD_MEMORY_SHARE = 0.75
 
 
 @dataclass(frozen=True)
@@ -28,12 +40,35 @@ class WorkerSettings:
     pipelines: tuple[str, ...]
     drain_grace: float = 60.0
     log_level: str = "INFO"
+    # Largest picture a pipeline child decodes (width x height).
+    max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS
+    # Address-space limit of each pipeline child in MiB; 0: none. The command
+    # line always resolves to a limit (see `auto_child_memory_limit_mib`).
+    child_memory_limit_mib: int = 0
+
+    @property
+    def child_memory_limit_bytes(self) -> int:
+        """The per-child limit in bytes (0: none)."""
+        return self.child_memory_limit_mib * MIB
 
 
 def default_worker_id() -> str:
     """host-pid: unique per process on a machine, readable in logs."""
     host = "".join(c if c.isalnum() or c in ".-" else "-" for c in socket.gethostname())
     return f"{host[:100]}-{os.getpid()}"
+
+
+def physical_memory_bytes() -> int:
+    """The machine's physical memory."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def auto_child_memory_limit_mib(concurrency: int, physical_bytes: int | None = None) -> int:
+    """The default memory limit of one pipeline child: 75 % of physical memory
+    shared by `concurrency` children, but at least 2048 and at most 8192 MiB."""
+    physical = physical_memory_bytes() if physical_bytes is None else physical_bytes
+    share = int(AUTO_CHILD_MEMORY_SHARE * physical / concurrency) // MIB
+    return max(AUTO_CHILD_MEMORY_MIN_MIB, min(AUTO_CHILD_MEMORY_MAX_MIB, share))
 
 
 def parse_settings(argv: list[str] | None = None) -> WorkerSettings:
@@ -90,10 +125,37 @@ def parse_settings(argv: list[str] | None = None) -> WorkerSettings:
         "seconds jobs get to finish on SIGTERM/drain before they are handed back",
         float,
     )
+    add_option(
+        parser,
+        "--max-frame-pixels",
+        "VIDEOJOBS_WORKER_MAX_FRAME_PIXELS",
+        DEFAULT_MAX_FRAME_PIXELS,
+        "largest picture (width x height) a job may decode; a video over it fails "
+        "with FRAME_TOO_LARGE (33177600 is 7680x4320, 8K UHD)",
+        int,
+    )
+    add_option(
+        parser,
+        "--child-memory-limit-mib",
+        "VIDEOJOBS_WORKER_CHILD_MEMORY_LIMIT_MIB",
+        0,
+        "address space each job's process may use, in MiB; a job that needs more fails "
+        "with RESOURCE_EXHAUSTED. 0 (the default) means auto: 75%% of physical memory "
+        f"divided by --concurrency, at least {AUTO_CHILD_MEMORY_MIN_MIB} and at most "
+        f"{AUTO_CHILD_MEMORY_MAX_MIB}",
+        int,
+    )
     add_option(parser, "--log-level", "VIDEOJOBS_LOG_LEVEL", "INFO", "logging level")
     args = parser.parse_args(argv)
     if not 1 <= args.concurrency <= 64:
         parser.error("--concurrency must be 1 to 64")
+    if args.max_frame_pixels < 1:
+        parser.error("--max-frame-pixels must be at least 1")
+    if args.child_memory_limit_mib < 0:
+        parser.error("--child-memory-limit-mib must be 0 (auto) or a number of MiB")
+    child_memory_limit_mib = args.child_memory_limit_mib or auto_child_memory_limit_mib(
+        args.concurrency
+    )
     _, storage_url = storage_dirs(args.data_dir, "unused", args.storage_url)
     pipelines = tuple(p.strip() for p in args.pipelines.split(",") if p.strip())
     return WorkerSettings(
@@ -105,4 +167,6 @@ def parse_settings(argv: list[str] | None = None) -> WorkerSettings:
         pipelines=pipelines,
         drain_grace=args.drain_grace,
         log_level=args.log_level,
+        max_frame_pixels=args.max_frame_pixels,
+        child_memory_limit_mib=child_memory_limit_mib,
     )

@@ -37,6 +37,21 @@ class DispatchServiceStub:
     messages whose token is no longer the job's current one (the worker is then
     told to stop the job). Leases are renewed by heartbeats; when a worker's
     stream breaks, its jobs go back to the queue at once with attempt + 1.
+
+    A worker's reports are claims, checked before anything is recorded:
+    - a completion's `output_key` and every artifact must exist in storage
+    with the reported size, under the assignment's `output_prefix`;
+    - a partial result may hold at most 256 KiB (serialized), a job at most
+    10 partial results a second (bursts of 40) and 64 MiB of partial results
+    in all, and at most 100,000 events;
+    - a completion may name at most 10,000 artifacts, a summary of at most
+    64 KiB and at most 50 warnings, and its event must stay under 2 MiB.
+    A report over a limit (or naming outputs that are not there) fails the
+    attempt (RESOURCE_EXHAUSTED, or INTERNAL / OUTPUT_MISSING for a missing
+    output) and the worker is told to stop the job. Text a client will see
+    (stage, failure message, warnings) is cut to its limit and stripped of
+    control characters; the server keeps at most one progress event every
+    0.2 s per job.
     """
 
     def __init__(self, channel):
@@ -64,6 +79,21 @@ class DispatchServiceServicer:
     messages whose token is no longer the job's current one (the worker is then
     told to stop the job). Leases are renewed by heartbeats; when a worker's
     stream breaks, its jobs go back to the queue at once with attempt + 1.
+
+    A worker's reports are claims, checked before anything is recorded:
+    - a completion's `output_key` and every artifact must exist in storage
+    with the reported size, under the assignment's `output_prefix`;
+    - a partial result may hold at most 256 KiB (serialized), a job at most
+    10 partial results a second (bursts of 40) and 64 MiB of partial results
+    in all, and at most 100,000 events;
+    - a completion may name at most 10,000 artifacts, a summary of at most
+    64 KiB and at most 50 warnings, and its event must stay under 2 MiB.
+    A report over a limit (or naming outputs that are not there) fails the
+    attempt (RESOURCE_EXHAUSTED, or INTERNAL / OUTPUT_MISSING for a missing
+    output) and the worker is told to stop the job. Text a client will see
+    (stage, failure message, warnings) is cut to its limit and stripped of
+    control characters; the server keeps at most one progress event every
+    0.2 s per job.
     """
 
     def Connect(self, request_iterator, context):
@@ -71,7 +101,9 @@ class DispatchServiceServicer:
 
         Errors: INVALID_ARGUMENT when the first message is not a valid hello or a
         later message is malformed (details name the field, for example a storage
-        key that is not relative); UNAVAILABLE when the server is shutting down.
+        key that is not relative, a lease token over 64 characters or a pipeline
+        name over 64); UNAVAILABLE when the server is shutting down or its
+        database or storage is full (with RetryInfo).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -105,6 +137,21 @@ class DispatchService:
     messages whose token is no longer the job's current one (the worker is then
     told to stop the job). Leases are renewed by heartbeats; when a worker's
     stream breaks, its jobs go back to the queue at once with attempt + 1.
+
+    A worker's reports are claims, checked before anything is recorded:
+    - a completion's `output_key` and every artifact must exist in storage
+    with the reported size, under the assignment's `output_prefix`;
+    - a partial result may hold at most 256 KiB (serialized), a job at most
+    10 partial results a second (bursts of 40) and 64 MiB of partial results
+    in all, and at most 100,000 events;
+    - a completion may name at most 10,000 artifacts, a summary of at most
+    64 KiB and at most 50 warnings, and its event must stay under 2 MiB.
+    A report over a limit (or naming outputs that are not there) fails the
+    attempt (RESOURCE_EXHAUSTED, or INTERNAL / OUTPUT_MISSING for a missing
+    output) and the worker is told to stop the job. Text a client will see
+    (stage, failure message, warnings) is cut to its limit and stripped of
+    control characters; the server keeps at most one progress event every
+    0.2 s per job.
     """
 
     @staticmethod

@@ -82,13 +82,29 @@ class JobServiceServicer:
         RESOURCE_EXHAUSTED error. A rejected or broken-off upload leaves nothing
         behind.
 
+        The container format is identified from the first bytes (never from
+        the file name): bytes that are no allowed container are refused as soon
+        as they arrive, before the rest is stored. Allowed: single-file
+        containers (see Job.input_format). Playlists and other formats that open
+        further files or URLs (HLS, DASH, concat lists, image sequences) are
+        refused. After the last byte the whole file is opened as that format.
+
         Errors:
         - INVALID_ARGUMENT: missing or repeated header, unknown pipeline, bad
         parameters, size or SHA-256 mismatch, empty upload, bytes that are not a
-        video container. Details name the field.
-        - RESOURCE_EXHAUSTED: the upload (or one chunk) is over the limit.
+        video container (reason NOT_A_VIDEO), a container that is not allowed
+        (UNSUPPORTED_CONTAINER). Details name the field and echo at most a short
+        prefix of what they refuse.
+        - DEADLINE_EXCEEDED: no message arrived for the server's idle timeout
+        (30 s by default; reason UPLOAD_IDLE_TIMEOUT). Nothing is kept.
+        - RESOURCE_EXHAUSTED (with RetryInfo where waiting helps): the upload or
+        one chunk is over the limit (UPLOAD_TOO_LARGE, CHUNK_TOO_LARGE), too many
+        uploads at once overall or from this peer (TOO_MANY_UPLOADS), the
+        storage quota is used up (STORAGE_QUOTA_EXCEEDED) or the free-space
+        reserve would be crossed (INSUFFICIENT_STORAGE).
         - ALREADY_EXISTS: `request_id` was used before for a different upload.
-        - UNAVAILABLE: the server is shutting down; retry elsewhere or later.
+        - UNAVAILABLE (with RetryInfo): the server is shutting down, or its disk
+        or database is full (STORAGE_FULL, DATABASE_FULL); retry later.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -122,8 +138,14 @@ class JobServiceServicer:
     def ListJobs(self, request, context):
         """Lists jobs, newest first, a page at a time (AIP-158).
 
+        A page holds at most `page_size` jobs and at most about 3 MiB, so a page
+        always fits the default 4 MiB message limit; a shorter page still has a
+        `next_page_token` when more jobs follow.
+
         Errors: INVALID_ARGUMENT for a negative `page_size`, an invalid
-        `page_token`, or a token used with a different filter.
+        `page_token` (tokens are signed by the server: any token it did not
+        issue is invalid), a token used with a different filter, or a pipeline
+        name over 64 characters.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

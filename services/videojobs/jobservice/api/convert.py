@@ -124,6 +124,7 @@ def job(value: domain.Job) -> job_pb2.Job:
         next_attempt_time=timestamp(value.next_attempt_time),
         pipelines=value.pipeline.split("+"),
         warnings=list(value.warnings),
+        input_format=value.input_format,
     )
     if value.error is not None:
         message.error.CopyFrom(

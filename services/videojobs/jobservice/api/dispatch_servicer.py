@@ -18,6 +18,7 @@ from google.rpc import code_pb2, error_details_pb2
 
 from videojobs.common import errors
 from videojobs.common.grpc_errors import maps_service_errors
+from videojobs.common.text import clean_text
 from videojobs.jobservice.api import convert
 from videojobs.jobservice.dispatch import (
     DispatchCoordinator,
@@ -26,6 +27,12 @@ from videojobs.jobservice.dispatch import (
     WorkerSession,
 )
 from videojobs.jobservice.domain import Artifact, Assignment, check_job_id
+from videojobs.jobservice.limits import (
+    MAX_HELD_LEASES,
+    MAX_LEASE_TOKEN_CHARS,
+    MAX_MEDIA_TYPE_CHARS,
+    MAX_PIPELINE_NAME_CHARS,
+)
 from videojobs.storage import InvalidStorageKey, StorageKey
 from videojobs.v1 import dispatch_service_pb2 as pb
 from videojobs.v1 import dispatch_service_pb2_grpc
@@ -52,6 +59,29 @@ def _key(value: str, field_name: str) -> StorageKey:
         ) from None
 
 
+def _token(value: str, field_name: str) -> str:
+    """A lease token as quoted by a worker: bounded before it is looked up."""
+    if not value or len(value) > MAX_LEASE_TOKEN_CHARS:
+        raise errors.invalid_argument(
+            "a lease token is malformed",
+            [(field_name, f"1 to {MAX_LEASE_TOKEN_CHARS} characters")],
+        )
+    return value
+
+
+def _leases(leases, field_name: str) -> dict[str, str]:
+    """job_id -> lease token of a list of HeldLease, each checked."""
+    if len(leases) > MAX_HELD_LEASES:
+        raise errors.invalid_argument(
+            "too many leases listed", [(field_name, f"at most {MAX_HELD_LEASES}")]
+        )
+    held = {}
+    for index, lease in enumerate(leases):
+        check_job_id(lease.job_id, f"{field_name}[{index}].job_id")
+        held[lease.job_id] = _token(lease.lease_token, f"{field_name}[{index}].lease_token")
+    return held
+
+
 def _duration(seconds: float) -> duration_pb2.Duration:
     value = duration_pb2.Duration()
     value.FromNanoseconds(int(seconds * 1e9))
@@ -75,10 +105,7 @@ class DispatchServicer(dispatch_service_pb2_grpc.DispatchServiceServicer):
                 "the first message must be hello", [("hello", "is required first")]
             )
         hello = first.hello
-        held = {}
-        for index, lease in enumerate(hello.held_leases):
-            check_job_id(lease.job_id, f"hello.held_leases[{index}].job_id")
-            held[lease.job_id] = lease.lease_token
+        held = _leases(hello.held_leases, "hello.held_leases")
         session = await self._coordinator.open_session(
             WorkerHello(
                 worker_id=hello.worker_id,
@@ -127,14 +154,12 @@ class DispatchServicer(dispatch_service_pb2_grpc.DispatchServiceServicer):
             session.heard_from()
             kind = message.WhichOneof("payload")
             if kind == "heartbeat":
-                running = {}
-                for index, lease in enumerate(message.heartbeat.running):
-                    check_job_id(lease.job_id, f"heartbeat.running[{index}].job_id")
-                    running[lease.job_id] = lease.lease_token
+                running = _leases(message.heartbeat.running, "heartbeat.running")
                 await coordinator.heartbeat(session, running, message.heartbeat.draining)
             elif kind == "progress":
                 report = message.progress
                 check_job_id(report.job_id, "progress.job_id")
+                _token(report.lease_token, "progress.lease_token")
                 fraction = report.progress.fraction
                 if not 0.0 <= fraction <= 1.0:
                     raise errors.invalid_argument(
@@ -146,21 +171,43 @@ class DispatchServicer(dispatch_service_pb2_grpc.DispatchServiceServicer):
             elif kind == "partial_result":
                 report = message.partial_result
                 check_job_id(report.job_id, "partial_result.job_id")
+                _token(report.lease_token, "partial_result.lease_token")
+                pipeline = report.partial_result.pipeline
+                if len(pipeline) > MAX_PIPELINE_NAME_CHARS:
+                    raise errors.invalid_argument(
+                        "partial result names an impossible pipeline",
+                        [
+                            (
+                                "partial_result.partial_result.pipeline",
+                                f"at most {MAX_PIPELINE_NAME_CHARS} characters",
+                            )
+                        ],
+                    )
+                size = report.partial_result.ByteSize()
+                # Converted only when it may be recorded: an oversized one is
+                # refused by its size alone.
+                data = (
+                    convert.struct_to_dict(report.partial_result.data)
+                    if size <= coordinator.max_partial_result_bytes
+                    else {}
+                )
                 await coordinator.report_partial_result(
                     session,
                     report.job_id,
                     report.lease_token,
-                    report.partial_result.pipeline,
-                    convert.struct_to_dict(report.partial_result.data),
+                    clean_text(pipeline, MAX_PIPELINE_NAME_CHARS),
+                    data,
+                    size,
                 )
             elif kind == "completion":
                 report = message.completion
                 check_job_id(report.job_id, "completion.job_id")
+                _token(report.lease_token, "completion.lease_token")
                 output_key = _key(report.output_key, "completion.output_key")
                 artifacts = [
                     Artifact(
                         _key(a.key, f"completion.artifacts[{i}].key"),
-                        a.media_type,
+                        clean_text(a.media_type, MAX_MEDIA_TYPE_CHARS),
                         a.size_bytes,
                         a.width,
                         a.height,
@@ -178,15 +225,20 @@ class DispatchServicer(dispatch_service_pb2_grpc.DispatchServiceServicer):
                     artifacts,
                     convert.struct_to_dict(report.summary),
                     list(report.warnings),
+                    summary_bytes=report.summary.ByteSize(),
+                    report_bytes=report.ByteSize(),
                 )
             elif kind == "failure":
                 report = message.failure
                 check_job_id(report.job_id, "failure.job_id")
+                _token(report.lease_token, "failure.lease_token")
                 error = _failure_error(report)
                 await coordinator.report_failure(
                     session, report.job_id, report.lease_token, error, report.retryable
                 )
             elif kind == "stopped":
+                check_job_id(message.stopped.job_id, "stopped.job_id")
+                _token(message.stopped.lease_token, "stopped.lease_token")
                 await coordinator.report_stopped(
                     session, message.stopped.job_id, message.stopped.lease_token
                 )
@@ -207,6 +259,7 @@ def _failure_error(report: pb.JobFailureReport) -> errors.ServiceError:
         info = error_details_pb2.ErrorInfo()
         if detail.Unpack(info):
             reason, metadata = info.reason or reason, dict(info.metadata)
+            break
     return errors.ServiceError(
         status.message or "the pipeline failed", code, reason, metadata=metadata
     )
@@ -232,5 +285,6 @@ def _to_response(item: Assignment | StopOrder) -> pb.ConnectResponse:
             output_prefix=item.output_prefix.value,
             lease_expire_time=convert.timestamp(item.lease_expire_time),
             execution_deadline=convert.timestamp(item.execution_deadline),
+            input_format=item.input_format,
         )
     )

@@ -9,8 +9,10 @@ from videojobs.common.grpc_errors import maps_service_errors
 from videojobs.jobservice.api import convert
 from videojobs.jobservice.cancel import CancelService
 from videojobs.jobservice.events import EventFeed
+from videojobs.jobservice.limits import MAX_LIST_PAGE_BYTES
 from videojobs.jobservice.queries import JobQueries
 from videojobs.jobservice.submit import SubmitService, UploadHeader
+from videojobs.jobservice.upload_admission import with_idle_timeout
 from videojobs.v1 import job_service_pb2, job_service_pb2_grpc
 
 
@@ -34,7 +36,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def SubmitVideo(self, request_iterator, context) -> job_service_pb2.SubmitVideoResponse:
         if not self.accepting_submits:
             raise errors.unavailable("the server is shutting down", "SHUTTING_DOWN")
-        first = await anext(aiter(request_iterator), None)
+        # Every message, the header included, must come within the idle timeout.
+        request_iterator = with_idle_timeout(request_iterator, self._submit.idle_timeout_seconds)
+        first = await anext(request_iterator, None)
         if first is None or first.WhichOneof("payload") != "header":
             raise errors.invalid_argument(
                 "the first SubmitVideo message must carry the header",
@@ -55,7 +59,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             queue_timeout_seconds=_seconds_or_none(header, "queue_timeout"),
             pipelines=tuple(header.pipelines),
         )
-        job = await self._submit.submit(upload, _chunks(request_iterator))
+        job = await self._submit.submit(upload, _chunks(request_iterator), context.peer())
         return job_service_pb2.SubmitVideoResponse(job=convert.job(job))
 
     @maps_service_errors
@@ -87,9 +91,12 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             page_token=request.page_token,
             states=states,
             pipeline=request.pipeline,
+            render=convert.job,
+            size_of=lambda message: message.ByteSize(),
+            max_page_bytes=MAX_LIST_PAGE_BYTES,
         )
         return job_service_pb2.ListJobsResponse(
-            jobs=[convert.job(job) for job in page.jobs], next_page_token=page.next_page_token
+            jobs=page.jobs, next_page_token=page.next_page_token
         )
 
     @maps_service_errors

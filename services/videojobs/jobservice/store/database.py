@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, select
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
+from videojobs.jobservice.store.models import ServerSecretRow
 from videojobs.jobservice.store.repository import JobRepository
 
 log = logging.getLogger(__name__)
@@ -78,6 +81,22 @@ class Database:
         """A read-only unit of work."""
         async with self._read_sessions() as session, session.begin():
             yield JobRepository(session)
+
+    async def shared_secret(self, name: str) -> bytes:
+        """The secret called `name` (32 random bytes), created on first use and
+        the same for every replica and every restart sharing this database."""
+        query = select(ServerSecretRow.value).where(ServerSecretRow.name == name)
+        for _ in range(3):
+            try:
+                async with self._write_sessions() as session, session.begin():
+                    value = (await session.execute(query)).scalar_one_or_none()
+                    if value is None:
+                        value = secrets.token_hex(32)
+                        session.add(ServerSecretRow(name=name, value=value))
+                return bytes.fromhex(value)
+            except IntegrityError:
+                continue  # another replica created it first: read theirs
+        raise RuntimeError(f"could not read or create the server secret {name!r}")
 
     async def migrate(self) -> None:
         """Brings the schema to the newest Alembic revision."""

@@ -74,6 +74,9 @@ class JobRow(Base):
     input_key: Mapped[str] = mapped_column(String(1024))
     input_size_bytes: Mapped[int] = mapped_column(BigInteger)
     input_sha256: Mapped[str] = mapped_column(String(64))
+    # Container format identified from the uploaded bytes (containers.py name);
+    # NULL for jobs accepted before formats were recorded (migration 0005).
+    input_format: Mapped[str | None] = mapped_column(String(16))
     output_key: Mapped[str | None] = mapped_column(String(1024))
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     warnings: Mapped[list[str] | None] = mapped_column(JSON)
@@ -100,6 +103,8 @@ class JobRow(Base):
     queue_deadline_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     failed_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     lease_losses: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Serialized bytes of partial results recorded so far (capped per job).
+    partial_result_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
@@ -159,3 +164,15 @@ class EventRow(Base):
     job_state: Mapped[str] = mapped_column(String(16))
     attempt: Mapped[int] = mapped_column(Integer)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class ServerSecretRow(Base):
+    """A secret every replica of job-service shares (the page-token key).
+
+    Kept in the database so it survives restarts and is the same on every
+    replica; created at random on first use."""
+
+    __tablename__ = "server_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(128))

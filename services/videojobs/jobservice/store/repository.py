@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, type_coerce, update
+from sqlalchemy import Text, cast, func, select, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from videojobs.jobservice.domain import (
@@ -87,16 +87,48 @@ class JobRepository:
             for r in rows
         ]
 
-    async def events_after(self, job_id: str, after_sequence: int, limit: int) -> list[JobEvent]:
-        """Stored events of a job with sequence > `after_sequence`, in order."""
-        statement = (
-            select(EventRow)
-            .where(EventRow.job_id == job_id, EventRow.sequence > after_sequence)
-            .order_by(EventRow.sequence)
-            .limit(limit)
-        )
+    async def events_after(
+        self, job_id: str, after_sequence: int, limit: int, max_bytes: int | None = None
+    ) -> list[JobEvent]:
+        """Stored events of a job with sequence > `after_sequence`, in order:
+        at most `limit` of them and, with `max_bytes`, only as many as fit in
+        that many bytes of payload (always at least one). The sizes are read
+        first, so a batch never loads more than it returns."""
+        where = (EventRow.job_id == job_id, EventRow.sequence > after_sequence)
+        if max_bytes is not None:
+            sizes = (
+                await self.session.execute(
+                    select(EventRow.sequence, func.length(cast(EventRow.payload, Text)))
+                    .where(*where)
+                    .order_by(EventRow.sequence)
+                    .limit(limit)
+                )
+            ).all()
+            if not sizes:
+                return []
+            total, last = 0, sizes[0][0]
+            for sequence, size in sizes:
+                total += size or 0
+                if total > max_bytes and sequence != sizes[0][0]:
+                    break
+                last = sequence
+            where = (*where, EventRow.sequence <= last)
+        statement = select(EventRow).where(*where).order_by(EventRow.sequence).limit(limit)
         rows = (await self.session.execute(statement)).scalars().all()
         return [_to_event(r) for r in rows]
+
+    async def stored_input_bytes(self) -> int:
+        """Bytes of every job's stored input (what the storage quota counts)."""
+        total = (await self.session.execute(select(func.sum(JobRow.input_size_bytes)))).scalar()
+        return int(total or 0)
+
+    async def existing_job_ids(self, job_ids: Iterable[str]) -> set[str]:
+        """Which of `job_ids` have a job row."""
+        ids = list(job_ids)
+        if not ids:
+            return set()
+        statement = select(JobRow.job_id).where(JobRow.job_id.in_(ids))
+        return set((await self.session.execute(statement)).scalars().all())
 
     async def running_on_tokens(self, lease_tokens: Iterable[str]) -> list[JobRow]:
         """Running jobs whose current lease is one of `lease_tokens`."""
@@ -419,6 +451,7 @@ def _to_job(
         warnings=tuple(row.warnings or ()),
         worker_id=row.worker_id,
         lease_token=row.lease_token,
+        input_format=row.input_format or "",
     )
 
 

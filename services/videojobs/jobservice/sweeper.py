@@ -1,0 +1,117 @@
+"""The orphan sweep: storage holds nothing no job refers to, for long.
+
+A process killed between publishing an upload and committing its job row
+leaves an input no job refers to; one killed mid-write leaves a temporary
+file. Neither is ever read again. The sweep runs at start-up and then every
+`interval` seconds (not only at start-up: a server that never restarts must
+not leak), and removes such debris once it is older than `grace` seconds, so
+an upload in progress, or one whose row is being committed, is never touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+
+from videojobs.common.failures import RepeatedFailureLog
+from videojobs.jobservice.domain import utc_now
+from videojobs.jobservice.store import Database
+from videojobs.storage import BlobInfo, BlobStore, StorageKey
+
+log = logging.getLogger(__name__)
+
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
+# Job ids looked up in the database per query.
+_LOOKUP_BATCH = 500
+
+
+@dataclass
+class SweepReport:
+    """What one sweep removed."""
+
+    partial_writes: int = 0
+    orphaned_blobs: int = 0
+
+
+def job_id_of(key: StorageKey) -> str | None:
+    """The job a key belongs to (`jobs/{id}/...`, also below a tenant prefix), or None."""
+    segments = key.segments
+    for index in range(len(segments) - 2):
+        if segments[index] == "jobs" and _JOB_ID.fullmatch(segments[index + 1]):
+            return segments[index + 1]
+    return None
+
+
+class OrphanSweeper:
+    """Periodically removes dead temporary files and blobs of jobs that do not exist."""
+
+    def __init__(
+        self, database: Database, blob_store: BlobStore, interval: float, grace: float
+    ) -> None:
+        self._database = database
+        self._blob_store = blob_store
+        self._interval = interval
+        self._grace = grace
+        self._task: asyncio.Task | None = None
+        self._failures = RepeatedFailureLog(log, "orphan sweep")
+
+    def start(self) -> None:
+        """Starts sweeping in the background (one sweep at once)."""
+        self._task = asyncio.create_task(self._loop(), name="orphan-sweeper")
+
+    async def stop(self) -> None:
+        """Stops the background sweeps."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                report = await self.sweep()
+                self._failures.succeeded()
+                if report.partial_writes or report.orphaned_blobs:
+                    log.info(
+                        "sweep removed %d dead temporary file(s) and %d orphaned blob(s)",
+                        report.partial_writes,
+                        report.orphaned_blobs,
+                    )
+            except Exception as exc:  # noqa: BLE001 - the next sweep tries again
+                self._failures.failed(exc)
+            await asyncio.sleep(self._interval)
+
+    async def sweep(self) -> SweepReport:
+        """One sweep; see the module docstring."""
+        report = SweepReport()
+        report.partial_writes = await asyncio.to_thread(
+            self._blob_store.sweep_partial_writes, self._grace
+        )
+        cutoff = utc_now() - timedelta(seconds=self._grace)
+        blobs = await asyncio.to_thread(lambda: list(self._blob_store.list()))
+        by_job: dict[str, list[BlobInfo]] = {}
+        for info in blobs:
+            job_id = job_id_of(info.key)
+            if job_id is None:
+                continue  # not laid out by videojobs: not ours to judge
+            if info.modified_at is not None and info.modified_at > cutoff:
+                continue  # young: its job row may be committing right now
+            by_job.setdefault(job_id, []).append(info)
+        job_ids = list(by_job)
+        for start in range(0, len(job_ids), _LOOKUP_BATCH):
+            batch = job_ids[start : start + _LOOKUP_BATCH]
+            async with self._database.reading() as repository:
+                existing = await repository.existing_job_ids(batch)
+            for job_id in batch:
+                if job_id in existing:
+                    continue
+                for info in by_job[job_id]:
+                    await asyncio.to_thread(self._blob_store.delete, info.key)
+                    report.orphaned_blobs += 1
+                log.info("removed %d orphaned blob(s) of job %s", len(by_job[job_id]), job_id)
+        return report
