@@ -69,6 +69,7 @@ demo: $(INSTALLED) ## Make a sample video, start the pair, submit it, follow it 
 .PHONY: bench
 bench: $(INSTALLED) ## Run the benchmarks.
 	$(PY) bench/bench_service.py
+	$(PY) bench/bench_storage.py
 	$(PY) bench/bench_pipelines.py
 
 .PHONY: clean

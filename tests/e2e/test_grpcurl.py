@@ -67,8 +67,20 @@ def test_reflection_lists_and_describes_the_services(running):
     methods = set(grpcurl_ok(stack.address, "list", "videojobs.v1.JobService").split())
     assert methods == {
         f"videojobs.v1.JobService.{name}"
-        for name in ("SubmitVideo", "GetStatus", "StreamResults", "ListJobs", "CancelJob")
+        for name in (
+            "SubmitVideo",
+            "GetStatus",
+            "StreamResults",
+            "ListJobs",
+            "CancelJob",
+            "DeleteJob",
+        )
     }, methods
+    blob_methods = set(grpcurl_ok(stack.address, "list", "videojobs.v1.BlobService").split())
+    assert blob_methods == {
+        f"videojobs.v1.BlobService.{name}"
+        for name in ("Read", "Write", "QueryWriteStatus", "GetBlobInfo")
+    }, blob_methods
 
     service = grpcurl_ok(stack.address, "describe", "videojobs.v1.JobService")
     rpcs = {

@@ -180,7 +180,7 @@ async def test_broken_off_upload_leaves_nothing(job_service, sample_mp4):
 
     # The server has seen the header and a chunk; now the client goes away.
     async def partial_write_exists():
-        return any((job_service.data_dir / "storage" / ".partial").iterdir())
+        return any(p.is_file() for p in (job_service.data_dir / "storage" / ".partial").iterdir())
 
     from support.waiting import eventually
 
@@ -190,7 +190,8 @@ async def test_broken_off_upload_leaves_nothing(job_service, sample_mp4):
         await call
 
     async def cleaned_up():
-        return not any((job_service.data_dir / "storage" / ".partial").iterdir())
+        partial = job_service.data_dir / "storage" / ".partial"
+        return not any(p.is_file() for p in partial.rglob("*"))
 
     await eventually(cleaned_up, what="the partial write to be removed")
     await _nothing_stored(job_service)

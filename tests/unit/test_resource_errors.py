@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from videojobs.common import errors
+from videojobs.jobservice.domain import job_id_of
 from videojobs.jobservice.limits import UploadLimits
-from videojobs.jobservice.sweeper import job_id_of
 from videojobs.jobservice.upload_admission import StorageBudget, UploadAdmission, peer_host
 from videojobs.storage import StorageKey
 from videojobs.storage.blobstore import StorageFull

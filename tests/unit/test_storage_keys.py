@@ -5,7 +5,24 @@ from __future__ import annotations
 
 import pytest
 
-from videojobs.storage.keys import MAX_KEY_BYTES, InvalidStorageKey, StorageKey, is_valid_key
+from videojobs.storage.keys import (
+    MAX_KEY_BYTES,
+    MAX_SEGMENT_BYTES,
+    InvalidStorageKey,
+    StorageKey,
+    is_valid_key,
+)
+
+
+def long_key(total_bytes: int, char: str = "a") -> str:
+    """A key of exactly `total_bytes` bytes of UTF-8: whole `char`s in segments
+    of at most MAX_SEGMENT_BYTES bytes, padded with ASCII to the exact size."""
+    width = len(char.encode("utf-8"))
+    count = -(-(total_bytes + 1) // (MAX_SEGMENT_BYTES + 1))  # segments needed
+    content = total_bytes - (count - 1)  # bytes left after the separators
+    sizes = [content // count + (1 if i < content % count else 0) for i in range(count)]
+    return "/".join(char * (size // width) + "x" * (size % width) for size in sizes)
+
 
 # (id, key): every one of these must be refused.
 HOSTILE_KEYS: list[tuple[str, str]] = [
@@ -46,9 +63,10 @@ HOSTILE_KEYS: list[tuple[str, str]] = [
     ("line-separator", "a\u2028b"),
     ("paragraph-separator", "a\u2029b"),
     # length
-    ("over-long-ascii", "a" * (MAX_KEY_BYTES + 1)),
-    # 342 characters of 3 bytes each: within 1024 characters, but 1026 bytes.
-    ("over-long-multibyte", "\u30d5" * 342),
+    ("over-long-ascii", long_key(MAX_KEY_BYTES + 1)),
+    # Three-byte characters: far fewer than 1024 characters, but 1025 bytes.
+    ("over-long-multibyte", long_key(MAX_KEY_BYTES + 1, "\u30d5")),
+    ("over-long-segment", "s" * (MAX_SEGMENT_BYTES + 1)),
     # look-alikes of the separators and of the dot
     ("division-slash", "a\u2215b"),
     ("fraction-slash", "a\u2044b"),
@@ -112,9 +130,10 @@ VALID_KEYS: list[str] = [
     "a/.hidden/b.mp4",
     "a/b..c",
     "..a",
-    "a" * MAX_KEY_BYTES,
-    # 341 three-byte characters plus one ASCII byte: exactly 1024 bytes.
-    "\u30d5" * 341 + "x",
+    long_key(MAX_KEY_BYTES),
+    # Three-byte characters (and ASCII padding): exactly 1024 bytes.
+    long_key(MAX_KEY_BYTES, "\u30d5"),
+    "s" * MAX_SEGMENT_BYTES,
     "my file (1).mp4",
     "a/b-c.d/e",
     "100%/x",
@@ -153,13 +172,14 @@ def test_length_limit_counts_utf8_bytes_not_characters() -> None:
     one-, two-, three- and four-byte characters alike."""
     for char in ("a", "\u00fc", "\u30d5", "\U0001f3ac"):
         width = len(char.encode("utf-8"))
-        count, rest = divmod(MAX_KEY_BYTES, width)
-        fitting = char * count + "x" * rest
+        fitting = long_key(MAX_KEY_BYTES, char)
         assert len(fitting.encode("utf-8")) == MAX_KEY_BYTES
         assert is_valid_key(fitting), f"{width}-byte characters: {MAX_KEY_BYTES} bytes refused"
         too_long = fitting + "x"
         assert len(too_long) <= MAX_KEY_BYTES or width == 1
         assert not is_valid_key(too_long), f"{width}-byte characters: over-long key accepted"
+        segment = char * (MAX_SEGMENT_BYTES // width)
+        assert is_valid_key(segment) and not is_valid_key(segment + char)
 
 
 def test_non_string_is_refused() -> None:

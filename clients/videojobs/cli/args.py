@@ -100,7 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     default_address = os.environ.get(ADDRESS_ENV_VAR) or DEFAULT_ADDRESS
     parser = argparse.ArgumentParser(
         prog="videojobs",
-        description="Submit videos to job-service and follow, list and cancel jobs.",
+        description=(
+            "Submit videos to job-service, follow, list and cancel jobs, "
+            "and fetch their results and artifacts."
+        ),
     )
     _add_global_options(parser, address_default=default_address, timeout_default=None)
     # The same options on every command, defaulting to "not given" so they only
@@ -112,7 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     submit = commands.add_parser(
-        "submit", parents=[global_options], help="upload a video and create a job"
+        "submit",
+        parents=[global_options],
+        help="upload a video and create a job",
+        description=(
+            "Upload a video and create a job. A video larger than one chunk (256 KiB) is "
+            "uploaded resumably: a dropped or stalled connection resumes from the bytes "
+            "the server kept."
+        ),
     )
     submit.add_argument("file", metavar="FILE", help="the video to upload")
     submit.add_argument(
@@ -131,7 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
         default={},
         help="pipeline parameter; VALUE is JSON if it parses, else a string (repeatable)",
     )
-    submit.add_argument("--request-id", help="idempotency key: a repeat returns the same job")
+    submit.add_argument(
+        "--request-id",
+        help="idempotency key: a repeat returns the same job (default: a random one, so a "
+        "retry after a lost answer never makes a second job)",
+    )
     submit.add_argument(
         "--priority", type=int, default=0, help="-10 (lowest) to 10 (highest); default 0"
     )
@@ -156,9 +170,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json_option(status)
 
     results = commands.add_parser(
-        "results", parents=[global_options], help="print a job's events, one per line"
+        "results",
+        parents=[global_options],
+        help="print a job's events, one per line, or its result document",
+        description=(
+            "Print a job's events, one per line (stored ones; with --follow live to the "
+            "end), or with --document the result document of a job that SUCCEEDED."
+        ),
     )
     results.add_argument("job_id", metavar="JOB_ID")
+    results.add_argument(
+        "--document",
+        action="store_true",
+        help="print the job's result document (JSON, keys as stored) instead of its events; "
+        "exit 1 unless the job SUCCEEDED",
+    )
     results.add_argument(
         "--follow", action="store_true", help="keep printing live events until the job ends"
     )
@@ -170,6 +196,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="only events with a sequence number greater than N",
     )
     _add_json_option(results, help_text="one JSON object per line")
+
+    fetch = commands.add_parser(
+        "fetch",
+        parents=[global_options],
+        help="download a job's result document and artifacts",
+        description=(
+            "Download the result document and every artifact of a job that SUCCEEDED into "
+            "a directory, keeping each file's path below the job's attempt "
+            "(results.json, thumbnails/0000.jpg, ...), and print the written paths. "
+            "Existing files of the same names are replaced."
+        ),
+    )
+    fetch.add_argument("job_id", metavar="JOB_ID")
+    fetch.add_argument(
+        "-o",
+        "--output",
+        metavar="DIR",
+        help="directory to write into, created if needed (default: ./JOB_ID)",
+    )
 
     list_ = commands.add_parser("list", parents=[global_options], help="list jobs, newest first")
     list_.add_argument(
@@ -197,6 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("job_id", metavar="JOB_ID")
     cancel.add_argument("--reason", default="", help="recorded in the cancellation event")
     _add_json_option(cancel)
+
+    delete = commands.add_parser(
+        "delete",
+        parents=[global_options],
+        help="delete an ended job with its input, results and artifacts",
+    )
+    delete.add_argument("job_id", metavar="JOB_ID")
     return parser
 
 
@@ -213,7 +265,7 @@ def _add_global_options(
         metavar="SECONDS",
         type=positive_seconds,
         default=timeout_default,
-        help="deadline for status, list and cancel calls (default: none)",
+        help="deadline for one-shot calls: status, list, cancel, blob info (default: none)",
     )
 
 

@@ -1,8 +1,10 @@
 """`videojobs`: the command-line client of job-service.
 
-Exit codes: 0 success; 1 a failed call, or a job that `submit --wait` saw
-fail or get cancelled; 2 bad usage or an unreadable input file; 130 Ctrl-C.
-Results go to stdout, progress and errors to stderr.
+Exit codes: 0 success; 1 a failed call, a job that `submit --wait` saw fail
+or get cancelled, or a job with no result for `fetch` / `results --document`
+(it has not SUCCEEDED); 2 bad usage, an unreadable input file or an
+unwritable output directory; 130 Ctrl-C. Results go to stdout, progress and
+errors to stderr.
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import closing
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from videojobs.cli.args import build_parser
-from videojobs.cli.progress import progress_display
+from videojobs.cli.progress import download_display, progress_display
 from videojobs.cli.render import (
+    format_document,
     format_error,
     format_event_line,
     format_job_line,
@@ -130,7 +134,13 @@ def status_command(client: JobClient, args: argparse.Namespace) -> int:
 
 def results_command(client: JobClient, args: argparse.Namespace) -> int:
     """`results JOB_ID`: the job's events, one per line. Without --follow only
-    the events stored when the command started; with it, live to the end."""
+    the events stored when the command started; with it, live to the end.
+    With --document: the job's result document instead."""
+    if args.document:
+        if args.follow or args.after:
+            raise UsageError("--document prints the result document; it takes no --follow/--after")
+        print(format_document(client.read_result(args.job_id)))
+        return EXIT_OK
     last_sequence: int | None = None
     if not args.follow:
         last_sequence = client.get_status(args.job_id).last_event_sequence
@@ -143,6 +153,21 @@ def results_command(client: JobClient, args: argparse.Namespace) -> int:
             sys.stdout.flush()
             if last_sequence is not None and event.sequence >= last_sequence:
                 break
+    return EXIT_OK
+
+
+def fetch_command(client: JobClient, args: argparse.Namespace) -> int:
+    """`fetch JOB_ID [-o DIR]`: the job's result document and artifacts into
+    DIR (default ./JOB_ID), then the written paths, one per line."""
+    directory = Path(args.output) if args.output else Path(args.job_id)
+    display = download_display(interactive=_stderr_is_terminal(), label=f"job {args.job_id}")
+    with display:
+        try:
+            paths = client.download(args.job_id, directory, on_progress=display.progress)
+        except OSError as error:
+            raise UsageError(f"cannot write to {directory}: {error.strerror or error}") from error
+    # Server-derived names are checked by the client, and stripped here anyway.
+    _print_lines([str(path) for path in paths])
     return EXIT_OK
 
 
@@ -165,6 +190,13 @@ def list_command(client: JobClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def delete_command(client: JobClient, args: argparse.Namespace) -> int:
+    """`delete JOB_ID`: delete an ended job and everything it stored."""
+    removed = client.delete(args.job_id)
+    print(printable(f"{args.job_id} deleted ({removed} stored object(s) removed)"))
+    return EXIT_OK
+
+
 def cancel_command(client: JobClient, args: argparse.Namespace) -> int:
     """`cancel JOB_ID`: cancel and print the job."""
     job = client.cancel(args.job_id, reason=args.reason)
@@ -176,13 +208,21 @@ _COMMANDS: dict[str, Command] = {
     "submit": submit_command,
     "status": status_command,
     "results": results_command,
+    "fetch": fetch_command,
     "list": list_command,
     "cancel": cancel_command,
+    "delete": delete_command,
 }
 
 
 def _stdout_is_terminal() -> bool:
     return sys.stdout.isatty()
+
+
+def _stderr_is_terminal() -> bool:
+    # `fetch` prints paths on stdout (often piped) and its bar on stderr:
+    # whether a person watches is a question about stderr.
+    return sys.stderr.isatty()
 
 
 def _print_table(table: Table) -> None:

@@ -188,6 +188,97 @@ class PlainProgressDisplay(ProgressDisplay):
         print(printable(text), file=self._stream, flush=True)
 
 
+class DownloadDisplay:
+    """Receives the progress of a download (`fetch`); the base class shows
+    nothing. Use as a context manager around the download."""
+
+    def __enter__(self) -> DownloadDisplay:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        return None
+
+    def progress(self, bytes_done: int, total_bytes: int) -> None:
+        """`bytes_done` of `total_bytes` have been written."""
+
+
+class RichDownloadDisplay(DownloadDisplay):
+    """One rich progress bar, in bytes, for the whole download."""
+
+    def __init__(self, label: str, console: Console) -> None:
+        self._label = _safe_markup(label)
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        self._task: TaskID | None = None
+
+    def __enter__(self) -> RichDownloadDisplay:
+        self._progress.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._progress.stop()
+
+    def progress(self, bytes_done: int, total_bytes: int) -> None:
+        """Advances the bar."""
+        detail = f"{format_bytes(bytes_done)} / {format_bytes(total_bytes)}"
+        if self._task is None:
+            self._task = self._progress.add_task(
+                f"fetch {self._label}", total=total_bytes, detail=detail
+            )
+        self._progress.update(self._task, completed=bytes_done, total=total_bytes, detail=detail)
+
+
+class PlainDownloadDisplay(DownloadDisplay):
+    """A line when the download starts, at each 10 %, and when it ends."""
+
+    def __init__(self, label: str, stream: TextIO) -> None:
+        self._label = label
+        self._stream = stream
+        self._tenths = 0
+        self._ended = False
+
+    def progress(self, bytes_done: int, total_bytes: int) -> None:
+        """Prints the start, each 10 % step, and the end."""
+        if bytes_done == 0:
+            self._line(f"fetching {self._label} ({format_bytes(total_bytes)})")
+            return
+        if bytes_done >= total_bytes:
+            if not self._ended:
+                self._ended = True
+                self._line(f"fetched {format_bytes(total_bytes)}")
+            return
+        tenths = bytes_done * 10 // total_bytes
+        if tenths > self._tenths:
+            self._tenths = tenths
+            self._line(f"fetched {format_percent(bytes_done / total_bytes)}")
+
+    def _line(self, text: str) -> None:
+        print(printable(text), file=self._stream, flush=True)
+
+
+def download_display(*, interactive: bool, label: str) -> DownloadDisplay:
+    """A bar on stderr for a terminal, plain stderr lines otherwise."""
+    if interactive:
+        return RichDownloadDisplay(label, Console(stderr=True))
+    return PlainDownloadDisplay(label, sys.stderr)
+
+
 def _safe_markup(text: str) -> str:
     """Server (or file-system) text for a rich markup string: unsafe characters
     removed, brackets escaped."""

@@ -66,6 +66,12 @@ def to_json(proto: message.Message, *, one_line: bool = False) -> str:
     return printable_json(json_format.MessageToJson(proto, indent=None if one_line else 2))
 
 
+def format_document(document: Any) -> str:
+    """A JSON document (a job's result) pretty-printed with its keys in their
+    stored order, non-ASCII text kept readable and unsafe characters escaped."""
+    return printable_json(json.dumps(document, indent=2, ensure_ascii=False))
+
+
 def format_error(error: VideoJobsError) -> list[str]:
     """Lines for stderr: `error: CODE: message`, then every detail indented
     (field violations as `field: description`, the reason, the retry delay)."""

@@ -6,11 +6,14 @@
     from videojobs.client import JobClient
 
     with JobClient("127.0.0.1:50051") as client:
-        job = client.submit("clip.mp4", pipeline="probe")
+        job = client.submit("clip.mp4", pipeline="probe")  # resumable upload
         final = client.wait(job.job_id)
+        document = client.read_result(job.job_id)         # the result JSON, parsed
+        paths = client.download(job.job_id, "out")        # result + artifacts as files
 """
 
 from videojobs.client.aio import AsyncJobClient
+from videojobs.client.blobs import UnsafeKeyError
 from videojobs.client.defaults import DEFAULT_ADDRESS, DEFAULT_CHUNK_SIZE
 from videojobs.client.errors import VideoJobsError
 from videojobs.client.events import (
@@ -19,6 +22,7 @@ from videojobs.client.events import (
     is_terminal_event,
     is_terminal_state,
 )
+from videojobs.client.readers import AsyncBlobReader, BlobReader
 from videojobs.client.requests import (
     JobOptions,
     UploadFile,
@@ -28,16 +32,21 @@ from videojobs.client.requests import (
     struct_to_dict,
     to_struct,
 )
+from videojobs.client.retry import RetryPolicy
 from videojobs.client.sync import JobClient
 
 __all__ = [
     "DEFAULT_ADDRESS",
     "DEFAULT_CHUNK_SIZE",
     "TERMINAL_STATES",
+    "AsyncBlobReader",
     "AsyncJobClient",
+    "BlobReader",
     "JobClient",
     "JobOptions",
     "ReconnectBackoff",
+    "RetryPolicy",
+    "UnsafeKeyError",
     "UploadFile",
     "UploadRequestStream",
     "VideoJobsError",

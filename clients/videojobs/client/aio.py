@@ -3,24 +3,62 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import grpc
 
+from videojobs.client.blobs import (
+    AtomicFile,
+    DownloadItem,
+    DownloadProgressCallback,
+    DownloadTally,
+    download_target,
+    parse_result_document,
+    plan_download,
+    require_result,
+    size_mismatch,
+)
 from videojobs.client.defaults import DEFAULT_ADDRESS, DEFAULT_CHUNK_SIZE, RECONNECT_TIMEOUT
 from videojobs.client.errors import VideoJobsError, rpc_errors_raised_as_videojobs_errors
 from videojobs.client.events import EventCallback, FollowCursor
+from videojobs.client.readers import AsyncBlobReader
 from videojobs.client.requests import (
     JobOptions,
     UploadFile,
     UploadProgressCallback,
     UploadRequestStream,
     build_list_request,
+    build_upload_header,
+    check_chunk_size,
 )
-from videojobs.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
+from videojobs.client.retry import (
+    RetryBackoff,
+    RetryPolicy,
+    is_stall,
+    is_transient,
+    stalled_error,
+    write_may_resume,
+)
+from videojobs.client.uploads import (
+    FRESH_CONNECTION_OPTIONS,
+    ResumableUpload,
+    new_request_id,
+    new_upload_key,
+    staged_upload_lost,
+    watch_interval,
+)
+from videojobs.v1 import (
+    blob_service_pb2,
+    blob_service_pb2_grpc,
+    job_pb2,
+    job_service_pb2,
+    job_service_pb2_grpc,
+)
 
 
 class AsyncJobClient:
@@ -29,9 +67,11 @@ class AsyncJobClient:
     await `close()`; a channel passed in is left open for its owner.
 
     Every failed call raises `VideoJobsError`. `timeout` (seconds) bounds the
-    unary calls (get_status, cancel, list_jobs); uploads and event streams
-    take as long as they take. The client may be created outside the event
-    loop; its own channel is opened on first use, inside the loop.
+    unary calls (get_status, cancel, list_jobs, blob info); uploads, reads
+    and event streams take as long as they take. `retry` says how broken
+    uploads and reads are resumed (see `RetryPolicy`). The client may be
+    created outside the event loop; its own channel is opened on first use,
+    inside the loop.
     """
 
     def __init__(
@@ -40,14 +80,18 @@ class AsyncJobClient:
         *,
         channel: grpc.aio.Channel | None = None,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self._address = address
         self._owns_channel = channel is None
         self._channel: grpc.aio.Channel | None = channel
-        self._stub: job_service_pb2_grpc.JobServiceStub | None = (
-            None if channel is None else job_service_pb2_grpc.JobServiceStub(channel)
-        )
+        self._stub: job_service_pb2_grpc.JobServiceStub | None = None
+        self._blobs: blob_service_pb2_grpc.BlobServiceStub | None = None
+        if channel is not None:
+            self._stub = job_service_pb2_grpc.JobServiceStub(channel)
+            self._blobs = blob_service_pb2_grpc.BlobServiceStub(channel)
         self.timeout = timeout
+        self.retry = retry or RetryPolicy()
 
     def _service(self) -> job_service_pb2_grpc.JobServiceStub:
         """The stub, creating the client's own channel on first use: a grpc.aio
@@ -56,7 +100,14 @@ class AsyncJobClient:
         if self._stub is None:
             self._channel = grpc.aio.insecure_channel(self._address)
             self._stub = job_service_pb2_grpc.JobServiceStub(self._channel)
+            self._blobs = blob_service_pb2_grpc.BlobServiceStub(self._channel)
         return self._stub
+
+    def _blob_service(self) -> blob_service_pb2_grpc.BlobServiceStub:
+        """The BlobService stub, on the same channel as `_service`."""
+        self._service()
+        assert self._blobs is not None
+        return self._blobs
 
     async def __aenter__(self) -> AsyncJobClient:
         return self
@@ -73,7 +124,7 @@ class AsyncJobClient:
         """Closes the channel if this client created it (a later call opens a new one)."""
         if self._owns_channel and self._channel is not None:
             await self._channel.close()
-            self._channel = self._stub = None
+            self._channel = self._stub = self._blobs = None
 
     async def submit(
         self,
@@ -88,37 +139,264 @@ class AsyncJobClient:
     ) -> job_pb2.Job:
         """Uploads the video at `path` and creates a job for it.
 
-        The file is read twice, a chunk at a time and in a worker thread: once
-        for its size and SHA-256 (sent in the header for the server to check),
-        once to upload. `on_upload_progress(bytes_sent, total)` is called on
-        the event loop as chunks go. Returns the created job (or, for a
-        repeated `request_id`, the existing one).
+        As `JobClient.submit` (resumable staged upload for a file larger than
+        `chunk_size`, one SubmitVideo stream otherwise, a generated
+        `request_id` when none is given), with file reads in a worker thread.
+        `on_upload_progress(bytes, total)` is called on the event loop.
 
         Raises:
-            OSError: the file cannot be read.
+            OSError: the file cannot be read (or changed while uploading).
             ValueError: bad `parameters` or `chunk_size`.
-            VideoJobsError: the server refused the upload.
+            VideoJobsError: the server refused the upload, or retries ran out.
         """
-        upload = UploadRequestStream(
-            await asyncio.to_thread(UploadFile.describe, path),
-            pipeline=pipeline,
-            parameters=parameters,
-            request_id=request_id,
-            options=options,
-            chunk_size=chunk_size,
-            on_progress=on_upload_progress,
+        check_chunk_size(chunk_size)
+        upload = await asyncio.to_thread(UploadFile.describe, path)
+        request_id = request_id or new_request_id()
+        # Built before any byte goes: bad parameters fail here, not mid-upload.
+        header = build_upload_header(
+            upload, pipeline=pipeline, parameters=parameters, request_id=request_id, options=options
         )
+        connection = _AsyncUploadConnection(self)
         try:
-            response = await self._service().SubmitVideo(aiter(upload))
-        except (grpc.RpcError, asyncio.CancelledError) as error:
-            # grpc.aio cancels the call when the request iterator raises, so a
-            # read error surfaces as a cancellation; report the read error.
-            if upload.read_error is not None:
-                raise upload.read_error from error
-            if isinstance(error, grpc.RpcError):
-                raise VideoJobsError.from_rpc_error(error) from error
+            if upload.size <= chunk_size:
+                return await self._submit_in_one_stream(
+                    connection,
+                    UploadRequestStream(
+                        upload,
+                        pipeline=pipeline,
+                        parameters=parameters,
+                        request_id=request_id,
+                        options=options,
+                        chunk_size=chunk_size,
+                        on_progress=on_upload_progress,
+                    ),
+                )
+            return await self._submit_staged(
+                connection, upload, header, chunk_size=chunk_size, on_progress=on_upload_progress
+            )
+        finally:
+            await connection.close()
+
+    async def _submit_in_one_stream(
+        self, connection: _AsyncUploadConnection, upload: UploadRequestStream
+    ) -> job_pb2.Job:
+        backoff = self.retry.backoff()
+        while True:
+            try:
+                # At most one chunk: an attempt that outlasts the stall timeout
+                # is stuck on a dead connection.
+                response = await connection.jobs().SubmitVideo(
+                    aiter(upload), timeout=self.retry.stall_timeout
+                )
+                return response.job
+            except (grpc.RpcError, asyncio.CancelledError) as failure:
+                # grpc.aio cancels the call when the request iterator raises, so a
+                # read error surfaces as a cancellation; report the read error.
+                if upload.read_error is not None:
+                    raise upload.read_error from failure
+                if not isinstance(failure, grpc.RpcError):
+                    raise
+                error = VideoJobsError.from_rpc_error(failure)
+                if not is_transient(error):
+                    raise error from failure
+            await self._pause(error, backoff, connection)
+
+    async def _submit_staged(
+        self,
+        connection: _AsyncUploadConnection,
+        upload: UploadFile,
+        header: job_service_pb2.UploadHeader,
+        *,
+        chunk_size: int,
+        on_progress: UploadProgressCallback | None,
+    ) -> job_pb2.Job:
+        backoff = self.retry.backoff()
+        session = ResumableUpload(
+            upload, new_upload_key(), chunk_size=chunk_size, on_progress=on_progress
+        )
+        await self._write_resumably(connection, session, backoff)
+        header.upload_key = session.key
+        request = job_service_pb2.SubmitVideoRequest(header=header)
+        retried = uploaded_again = False
+        while True:
+            try:
+                # No deadline: the server reads the whole staged upload to check it.
+                return (await connection.jobs().SubmitVideo(iter([request]))).job
+            except grpc.RpcError as rpc_error:
+                error = VideoJobsError.from_rpc_error(rpc_error)
+                if retried and not uploaded_again and staged_upload_lost(error):
+                    # See `staged_upload_lost`: upload again, once, under a new key.
+                    uploaded_again, retried = True, False
+                    session = ResumableUpload(
+                        upload, new_upload_key(), chunk_size=chunk_size, on_progress=on_progress
+                    )
+                    await self._write_resumably(connection, session, self.retry.backoff())
+                    request.header.upload_key = session.key
+                    continue
+                if not is_transient(error):
+                    raise error from rpc_error
+            await self._pause(error, backoff, connection)
+            retried = True
+
+    async def _write_resumably(
+        self, connection: _AsyncUploadConnection, session: ResumableUpload, backoff: RetryBackoff
+    ) -> None:
+        """Writes the file to its staged-upload key, resuming after breaks."""
+        session.start()
+        while True:
+            try:
+                if session.streams:
+                    # A retry: the server says where the write stands.
+                    with rpc_errors_raised_as_videojobs_errors():
+                        status = await connection.blobs().QueryWriteStatus(
+                            blob_service_pb2.QueryWriteStatusRequest(key=session.key),
+                            timeout=self.retry.stall_timeout,
+                        )
+                    if session.record_status(status.committed_size, status.complete):
+                        backoff.progressed()
+                    if session.complete:
+                        return
+                response = await self._write_stream(connection, session)
+                if session.record_status(response.committed_size, response.complete):
+                    backoff.progressed()
+                if session.complete:
+                    return
+                if session.stream_answered():
+                    continue  # the head was accepted: the rest follows at once
+                error = VideoJobsError(
+                    grpc.StatusCode.UNAVAILABLE, "the write stream ended before the upload finished"
+                )
+            except VideoJobsError as failure:
+                if not write_may_resume(failure):
+                    raise
+                error = failure
+            await self._pause(error, backoff, connection)
+
+    async def _write_stream(
+        self, connection: _AsyncUploadConnection, session: ResumableUpload
+    ) -> blob_service_pb2.WriteResponse:
+        """One Write stream from the committed size, cancelled when it stalls."""
+        call = connection.blobs().Write(session.arequests())
+
+        async def response() -> blob_service_pb2.WriteResponse:
+            return await call
+
+        waiter = asyncio.ensure_future(response())
+        stall_timeout = self.retry.stall_timeout
+        try:
+            while True:
+                done, _ = await asyncio.wait({waiter}, timeout=watch_interval(stall_timeout))
+                if done:
+                    break
+                if stall_timeout is not None and session.idle_seconds() > stall_timeout:
+                    call.cancel()
+                    raise stalled_error(stall_timeout, "the upload stream")
+            try:
+                return waiter.result()
+            except asyncio.CancelledError as cancelled:
+                # gRPC cancels the call when the request iterator fails.
+                if session.read_error is not None:
+                    raise session.read_error from cancelled
+                raise VideoJobsError(
+                    grpc.StatusCode.CANCELLED, "the upload was cancelled"
+                ) from None
+            except grpc.RpcError as rpc_error:
+                if session.read_error is not None:
+                    raise session.read_error from rpc_error
+                raise VideoJobsError.from_rpc_error(rpc_error) from rpc_error
+        finally:
+            if not waiter.done():
+                call.cancel()
+                waiter.cancel()
+
+    async def _pause(
+        self, error: VideoJobsError, backoff: RetryBackoff, connection: _AsyncUploadConnection
+    ) -> None:
+        """Waits before the next attempt; raises `error` when retries ran out."""
+        delay = backoff.next_delay(at_least=error.retry_delay)
+        if delay is None:
+            raise error
+        if is_stall(error):
+            await connection.renew()
+        await asyncio.sleep(delay)
+
+    def open_blob(self, key: str, *, offset: int = 0, limit: int = 0) -> AsyncBlobReader:
+        """A stored object as an async iterator of its bytes, chunk by chunk
+        (see `AsyncBlobReader`): a job's input, or the result document and
+        artifacts of a job that SUCCEEDED. `offset` and `limit` (0: to the
+        end) select a range. A broken stream resumes from the byte it reached::
+
+            async with client.open_blob(key) as blob:   # NOT_FOUND raises here
+                async for chunk in blob:
+                    ...
+
+        Raises (when opened or iterated):
+            VideoJobsError: NOT_FOUND for a key that holds nothing this caller
+                may read, INVALID_ARGUMENT for a malformed key or range.
+        """
+        return AsyncBlobReader(
+            self._blob_service, key, offset=offset, limit=limit, retry=self.retry
+        )
+
+    async def read_result(self, job_id: str) -> dict[str, Any]:
+        """The job's result document, parsed; see `JobClient.read_result`.
+
+        Raises:
+            VideoJobsError: FAILED_PRECONDITION, reason `JOB_NOT_SUCCEEDED`,
+                when the job has not SUCCEEDED; NOT_FOUND for an unknown job;
+                DATA_LOSS when the document is not a JSON object.
+        """
+        key = require_result(await self.get_status(job_id))
+        async with self.open_blob(key) as reader:
+            data = await reader.read_all()
+        return parse_result_document(data, key)
+
+    async def download(
+        self,
+        job_id: str,
+        directory: str | os.PathLike[str],
+        *,
+        on_progress: DownloadProgressCallback | None = None,
+    ) -> list[Path]:
+        """Writes the result document and every artifact of a SUCCEEDED job
+        under `directory`; see `JobClient.download`. File writes run in a
+        worker thread; `on_progress(bytes_done, bytes_total)` on the loop.
+
+        Raises:
+            VideoJobsError: as `JobClient.download`.
+            OSError: `directory` or a file in it cannot be written.
+        """
+        items = plan_download(await self.get_status(job_id))
+        with rpc_errors_raised_as_videojobs_errors():
+            info = await self._blob_service().GetBlobInfo(
+                blob_service_pb2.GetBlobInfoRequest(key=items[0].key), timeout=self.timeout
+            )
+        items[0] = dataclasses.replace(items[0], expected_size=info.size_bytes)
+        root = Path(directory)
+        await asyncio.to_thread(root.mkdir, parents=True, exist_ok=True)
+        tally = DownloadTally(sum(item.expected_size or 0 for item in items), on_progress)
+        tally.start()
+        written = []
+        for item in items:
+            target = await asyncio.to_thread(download_target, root, item.relative_path)
+            written.append(await self._download_one(item, target, tally))
+        return written
+
+    async def _download_one(self, item: DownloadItem, target: Path, tally: DownloadTally) -> Path:
+        file = await asyncio.to_thread(AtomicFile, target)
+        try:
+            async with self.open_blob(item.key) as reader:
+                async for chunk in reader:
+                    await asyncio.to_thread(file.write, chunk)
+                    tally.add(len(chunk))
+                size = reader.size or 0
+            expected = item.expected_size if item.expected_size is not None else size
+            if file.size != expected or size != expected:
+                raise size_mismatch(item.key, expected, file.size)
+            return await asyncio.to_thread(file.commit)
+        except BaseException:
+            await asyncio.to_thread(file.discard)
             raise
-        return response.job
 
     async def get_status(self, job_id: str) -> job_pb2.Job:
         """Returns the job."""
@@ -131,6 +409,14 @@ class AsyncJobClient:
         with rpc_errors_raised_as_videojobs_errors():
             request = job_service_pb2.CancelJobRequest(job_id=job_id, reason=reason)
             return (await self._service().CancelJob(request, timeout=self.timeout)).job
+
+    async def delete(self, job_id: str) -> int:
+        """Deletes an ended job with everything it stored; returns how many
+        stored objects went (FAILED_PRECONDITION for a queued or running job)."""
+        with rpc_errors_raised_as_videojobs_errors():
+            request = job_service_pb2.DeleteJobRequest(job_id=job_id)
+            response = await self._service().DeleteJob(request, timeout=self.timeout)
+            return response.deleted_blobs
 
     async def list_jobs(
         self,
@@ -224,3 +510,41 @@ class AsyncJobClient:
         finally:
             await events.aclose()
         return await self.get_status(job_id)
+
+
+class _AsyncUploadConnection:
+    """The stubs one upload's calls go through; see the sync client's
+    `_UploadConnection` for why a stalled upload moves to a private channel."""
+
+    def __init__(self, client: AsyncJobClient) -> None:
+        self._client = client
+        self._private: grpc.aio.Channel | None = None
+        self._jobs: job_service_pb2_grpc.JobServiceStub | None = None
+        self._blobs: blob_service_pb2_grpc.BlobServiceStub | None = None
+
+    def jobs(self) -> job_service_pb2_grpc.JobServiceStub:
+        """The JobService stub to use now."""
+        return self._jobs or self._client._service()
+
+    def blobs(self) -> blob_service_pb2_grpc.BlobServiceStub:
+        """The BlobService stub to use now."""
+        return self._blobs or self._client._blob_service()
+
+    async def renew(self) -> None:
+        """Moves the upload to a fresh connection (when the client owns its channel)."""
+        if not self._client._owns_channel:
+            return
+        previous = self._private
+        self._private = grpc.aio.insecure_channel(
+            self._client._address, options=FRESH_CONNECTION_OPTIONS
+        )
+        self._jobs = job_service_pb2_grpc.JobServiceStub(self._private)
+        self._blobs = blob_service_pb2_grpc.BlobServiceStub(self._private)
+        if previous is not None:
+            await previous.close()
+
+    async def close(self) -> None:
+        """Closes the private channel, if one was opened."""
+        if self._private is not None:
+            await self._private.close()
+            self._private = None

@@ -150,6 +150,43 @@ class UploadFile:
         return cls(Path(path), size, digest.hexdigest())
 
 
+def check_chunk_size(chunk_size: int) -> None:
+    """Raises ValueError unless 1 <= chunk_size <= 4 MiB (the server's limit)."""
+    if not 0 < chunk_size <= MAX_CHUNK_SIZE:
+        raise ValueError(f"chunk_size must be 1 to {MAX_CHUNK_SIZE} bytes, not {chunk_size}")
+
+
+def build_upload_header(
+    upload: UploadFile,
+    *,
+    pipeline: str | Sequence[str],
+    parameters: Mapping[str, Any] | None = None,
+    request_id: str | None = None,
+    options: JobOptions | None = None,
+    upload_key: str = "",
+) -> job_service_pb2.UploadHeader:
+    """The SubmitVideo header for `upload`: its name, size and SHA-256 (which
+    the server checks the bytes against), the pipelines, parameters and job
+    options, and, for a staged upload, the key it was written to.
+
+    Raises:
+        TypeError, ValueError: `parameters` that a Struct cannot hold.
+    """
+    header = job_service_pb2.UploadHeader(
+        file_name=upload.path.name,
+        # Several pipelines (one decode) go in `pipelines`.
+        pipeline=pipeline if isinstance(pipeline, str) else "",
+        pipelines=[] if isinstance(pipeline, str) else list(pipeline),
+        parameters=to_struct(parameters),
+        request_id=request_id or "",
+        expected_size_bytes=upload.size,
+        expected_sha256=upload.sha256,
+        upload_key=upload_key,
+    )
+    (options or JobOptions()).apply(header)
+    return header
+
+
 class UploadRequestStream:
     """The SubmitVideo request stream for one file: the header, then the file's
     bytes in chunks. Iterate it (sync) or async-iterate it (asyncio; file reads
@@ -177,23 +214,18 @@ class UploadRequestStream:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         on_progress: UploadProgressCallback | None = None,
     ) -> None:
-        if not 0 < chunk_size <= MAX_CHUNK_SIZE:
-            raise ValueError(f"chunk_size must be 1 to {MAX_CHUNK_SIZE} bytes, not {chunk_size}")
+        check_chunk_size(chunk_size)
         self.upload = upload
         self.chunk_size = chunk_size
         self.header = job_service_pb2.SubmitVideoRequest(
-            header=job_service_pb2.UploadHeader(
-                file_name=upload.path.name,
-                # Several pipelines (one decode) go in `pipelines`.
-                pipeline=pipeline if isinstance(pipeline, str) else "",
-                pipelines=[] if isinstance(pipeline, str) else list(pipeline),
-                parameters=to_struct(parameters),
-                request_id=request_id or "",
-                expected_size_bytes=upload.size,
-                expected_sha256=upload.sha256,
+            header=build_upload_header(
+                upload,
+                pipeline=pipeline,
+                parameters=parameters,
+                request_id=request_id,
+                options=options,
             )
         )
-        (options or JobOptions()).apply(self.header.header)
         self.bytes_sent = 0
         self.read_error: OSError | None = None
         self._on_progress = on_progress

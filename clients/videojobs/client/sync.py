@@ -2,25 +2,63 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import grpc
 
+from videojobs.client.blobs import (
+    AtomicFile,
+    DownloadItem,
+    DownloadProgressCallback,
+    DownloadTally,
+    download_target,
+    parse_result_document,
+    plan_download,
+    require_result,
+    size_mismatch,
+)
 from videojobs.client.defaults import DEFAULT_ADDRESS, DEFAULT_CHUNK_SIZE, RECONNECT_TIMEOUT
 from videojobs.client.errors import VideoJobsError, rpc_errors_raised_as_videojobs_errors
 from videojobs.client.events import EventCallback, FollowCursor
+from videojobs.client.readers import BlobReader
 from videojobs.client.requests import (
     JobOptions,
     UploadFile,
     UploadProgressCallback,
     UploadRequestStream,
     build_list_request,
+    build_upload_header,
+    check_chunk_size,
 )
-from videojobs.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
+from videojobs.client.retry import (
+    RetryBackoff,
+    RetryPolicy,
+    is_stall,
+    is_transient,
+    stalled_error,
+    write_may_resume,
+)
+from videojobs.client.uploads import (
+    FRESH_CONNECTION_OPTIONS,
+    ResumableUpload,
+    new_request_id,
+    new_upload_key,
+    staged_upload_lost,
+    watch_interval,
+)
+from videojobs.v1 import (
+    blob_service_pb2,
+    blob_service_pb2_grpc,
+    job_pb2,
+    job_service_pb2,
+    job_service_pb2_grpc,
+)
 
 
 class JobClient:
@@ -28,8 +66,9 @@ class JobClient:
     `close()`; a channel passed in is left open for its owner.
 
     Every failed call raises `VideoJobsError`. `timeout` (seconds) bounds the
-    unary calls (get_status, cancel, list_jobs); uploads and event streams
-    take as long as they take.
+    unary calls (get_status, cancel, list_jobs, blob info); uploads, reads
+    and event streams take as long as they take. `retry` says how broken
+    uploads and reads are resumed (see `RetryPolicy`).
     """
 
     def __init__(
@@ -38,11 +77,15 @@ class JobClient:
         *,
         channel: grpc.Channel | None = None,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
+        self._address = address
         self._owns_channel = channel is None
         self._channel = channel if channel is not None else grpc.insecure_channel(address)
         self._stub = job_service_pb2_grpc.JobServiceStub(self._channel)
+        self._blobs = blob_service_pb2_grpc.BlobServiceStub(self._channel)
         self.timeout = timeout
+        self.retry = retry or RetryPolicy()
 
     def __enter__(self) -> JobClient:
         return self
@@ -73,33 +116,263 @@ class JobClient:
     ) -> job_pb2.Job:
         """Uploads the video at `path` and creates a job for it.
 
-        The file is read twice, a chunk at a time: once for its size and
-        SHA-256 (sent in the header for the server to check), once to upload.
-        `on_upload_progress(bytes_sent, total)` is called as chunks go, on
-        gRPC's sending thread. Returns the created job (or, for a repeated
-        `request_id`, the existing one).
+        The file is read a chunk at a time, first for its size and SHA-256
+        (sent for the server to check), then to upload. A file larger than
+        `chunk_size` is written resumably to a staged upload
+        (`uploads/<32 hex digits>`, BlobService.Write): when the connection
+        drops (UNAVAILABLE), a deadline runs out or the stream stalls, the
+        client asks QueryWriteStatus how much the server committed and goes on
+        from there, never sending committed bytes again; then SubmitVideo
+        names the staged upload (`upload_key`). A file of at most one chunk
+        goes in one SubmitVideo stream, repeated whole after such failures.
+        Retries follow the client's `retry` policy.
+
+        Without `request_id` one is generated, so a SubmitVideo repeated after
+        its answer was lost returns the job the first one created, never a
+        second job (AIP-155); the job shows it as its `request_id`.
+
+        `on_upload_progress(bytes, total)` is called with the bytes committed
+        plus those sent since (after a resumption it steps back to what the
+        server kept), on gRPC's sending thread. Returns the created job (or,
+        for a repeated `request_id`, the existing one).
 
         Raises:
-            OSError: the file cannot be read.
+            OSError: the file cannot be read (or changed while uploading).
             ValueError: bad `parameters` or `chunk_size`.
-            VideoJobsError: the server refused the upload.
+            VideoJobsError: the server refused the upload, or retries ran out.
         """
-        upload = UploadRequestStream(
-            UploadFile.describe(path),
-            pipeline=pipeline,
-            parameters=parameters,
-            request_id=request_id,
-            options=options,
-            chunk_size=chunk_size,
-            on_progress=on_upload_progress,
+        check_chunk_size(chunk_size)
+        upload = UploadFile.describe(path)
+        request_id = request_id or new_request_id()
+        # Built before any byte goes: bad parameters fail here, not mid-upload.
+        header = build_upload_header(
+            upload, pipeline=pipeline, parameters=parameters, request_id=request_id, options=options
         )
+        with _UploadConnection(self) as connection:
+            if upload.size <= chunk_size:
+                return self._submit_in_one_stream(
+                    connection,
+                    UploadRequestStream(
+                        upload,
+                        pipeline=pipeline,
+                        parameters=parameters,
+                        request_id=request_id,
+                        options=options,
+                        chunk_size=chunk_size,
+                        on_progress=on_upload_progress,
+                    ),
+                )
+            return self._submit_staged(
+                connection, upload, header, chunk_size=chunk_size, on_progress=on_upload_progress
+            )
+
+    def _submit_in_one_stream(
+        self, connection: _UploadConnection, upload: UploadRequestStream
+    ) -> job_pb2.Job:
+        backoff = self.retry.backoff()
+        while True:
+            try:
+                # At most one chunk: an attempt that outlasts the stall timeout
+                # is stuck on a dead connection.
+                return connection.jobs.SubmitVideo(
+                    iter(upload), timeout=self.retry.stall_timeout
+                ).job
+            except grpc.RpcError as rpc_error:
+                if upload.read_error is not None:
+                    raise upload.read_error from rpc_error
+                error = VideoJobsError.from_rpc_error(rpc_error)
+                if not is_transient(error):
+                    raise error from rpc_error
+            self._pause(error, backoff, connection)
+
+    def _submit_staged(
+        self,
+        connection: _UploadConnection,
+        upload: UploadFile,
+        header: job_service_pb2.UploadHeader,
+        *,
+        chunk_size: int,
+        on_progress: UploadProgressCallback | None,
+    ) -> job_pb2.Job:
+        backoff = self.retry.backoff()
+        session = ResumableUpload(
+            upload, new_upload_key(), chunk_size=chunk_size, on_progress=on_progress
+        )
+        self._write_resumably(connection, session, backoff)
+        header.upload_key = session.key
+        request = job_service_pb2.SubmitVideoRequest(header=header)
+        retried = uploaded_again = False
+        while True:
+            try:
+                # No deadline: the server reads the whole staged upload to check it.
+                return connection.jobs.SubmitVideo(iter([request])).job
+            except grpc.RpcError as rpc_error:
+                error = VideoJobsError.from_rpc_error(rpc_error)
+                if retried and not uploaded_again and staged_upload_lost(error):
+                    # See `staged_upload_lost`: upload again, once, under a new key.
+                    uploaded_again, retried = True, False
+                    session = ResumableUpload(
+                        upload, new_upload_key(), chunk_size=chunk_size, on_progress=on_progress
+                    )
+                    self._write_resumably(connection, session, self.retry.backoff())
+                    request.header.upload_key = session.key
+                    continue
+                if not is_transient(error):
+                    raise error from rpc_error
+            self._pause(error, backoff, connection)
+            retried = True
+
+    def _write_resumably(
+        self, connection: _UploadConnection, session: ResumableUpload, backoff: RetryBackoff
+    ) -> None:
+        """Writes the file to its staged-upload key, resuming after breaks."""
+        session.start()
+        while True:
+            try:
+                if session.streams:
+                    # A retry: the server says where the write stands.
+                    with rpc_errors_raised_as_videojobs_errors():
+                        status = connection.blobs.QueryWriteStatus(
+                            blob_service_pb2.QueryWriteStatusRequest(key=session.key),
+                            timeout=self.retry.stall_timeout,
+                        )
+                    if session.record_status(status.committed_size, status.complete):
+                        backoff.progressed()
+                    if session.complete:
+                        return
+                response = self._write_stream(connection, session)
+                if session.record_status(response.committed_size, response.complete):
+                    backoff.progressed()
+                if session.complete:
+                    return
+                if session.stream_answered():
+                    continue  # the head was accepted: the rest follows at once
+                error = VideoJobsError(
+                    grpc.StatusCode.UNAVAILABLE, "the write stream ended before the upload finished"
+                )
+            except VideoJobsError as failure:
+                if not write_may_resume(failure):
+                    raise
+                error = failure
+            self._pause(error, backoff, connection)
+
+    def _write_stream(
+        self, connection: _UploadConnection, session: ResumableUpload
+    ) -> blob_service_pb2.WriteResponse:
+        """One Write stream from the committed size, cancelled when it stalls."""
+        future = connection.blobs.Write.future(session.requests())
+        stall_timeout = self.retry.stall_timeout
         try:
-            response = self._stub.SubmitVideo(iter(upload))
-        except grpc.RpcError as error:
-            if upload.read_error is not None:
-                raise upload.read_error from error
-            raise VideoJobsError.from_rpc_error(error) from error
-        return response.job
+            while True:
+                try:
+                    return future.result(timeout=watch_interval(stall_timeout))
+                except grpc.FutureTimeoutError:
+                    if stall_timeout is not None and session.idle_seconds() > stall_timeout:
+                        future.cancel()
+                        raise stalled_error(stall_timeout, "the upload stream") from None
+        except grpc.FutureCancelledError as cancelled:
+            if session.read_error is not None:
+                raise session.read_error from cancelled
+            raise VideoJobsError(grpc.StatusCode.CANCELLED, "the upload was cancelled") from None
+        except grpc.RpcError as rpc_error:
+            if session.read_error is not None:
+                raise session.read_error from rpc_error
+            raise VideoJobsError.from_rpc_error(rpc_error) from rpc_error
+        finally:
+            if not future.done():
+                future.cancel()
+
+    def _pause(
+        self, error: VideoJobsError, backoff: RetryBackoff, connection: _UploadConnection
+    ) -> None:
+        """Waits before the next attempt; raises `error` when retries ran out."""
+        delay = backoff.next_delay(at_least=error.retry_delay)
+        if delay is None:
+            raise error
+        if is_stall(error):
+            connection.renew()
+        time.sleep(delay)
+
+    def open_blob(self, key: str, *, offset: int = 0, limit: int = 0) -> BlobReader:
+        """Opens a stored object for reading, as a binary file streamed chunk by
+        chunk (see `BlobReader`): a job's input, or the result document and
+        artifacts of a job that SUCCEEDED. `offset` and `limit` (0: to the
+        end) select a range. A broken stream resumes from the byte it reached.
+
+        Raises:
+            VideoJobsError: NOT_FOUND for a key that holds nothing this caller
+                may read, INVALID_ARGUMENT for a malformed key or range.
+        """
+        return BlobReader(self._blobs, key, offset=offset, limit=limit, retry=self.retry)
+
+    def read_result(self, job_id: str) -> dict[str, Any]:
+        """The job's result document (the JSON object at its `output_key`),
+        parsed, keys in their stored order.
+
+        Raises:
+            VideoJobsError: FAILED_PRECONDITION, reason `JOB_NOT_SUCCEEDED`,
+                when the job has not SUCCEEDED (metadata `state` says where it
+                is; for a failed job the message says why); NOT_FOUND for an
+                unknown job; DATA_LOSS when the document is not a JSON object.
+        """
+        key = require_result(self.get_status(job_id))
+        with self.open_blob(key) as reader:
+            data = reader.readall()
+        return parse_result_document(data, key)
+
+    def download(
+        self,
+        job_id: str,
+        directory: str | os.PathLike[str],
+        *,
+        on_progress: DownloadProgressCallback | None = None,
+    ) -> list[Path]:
+        """Writes the result document and every artifact of a SUCCEEDED job
+        under `directory` (created if needed), each at its key's path below
+        the winning attempt's prefix: `results.json`, `thumbnails/0000.jpg`.
+
+        Each file is streamed to a temporary file beside its target and
+        renamed into place once its size checks out, so no half file is ever
+        seen; an existing file of the same name is replaced. Nothing is
+        written outside `directory` (keys that would are refused).
+        `on_progress(bytes_done, bytes_total)` follows the whole download.
+        Returns the written paths, the result document first.
+
+        Raises:
+            VideoJobsError: as `read_result` when the job has no result;
+                DATA_LOSS (`SIZE_MISMATCH`) when an object's size is not the
+                one stated; INTERNAL (`UNSAFE_KEY`) for a key outside the job.
+            OSError: `directory` or a file in it cannot be written.
+        """
+        items = plan_download(self.get_status(job_id))
+        with rpc_errors_raised_as_videojobs_errors():
+            info = self._blobs.GetBlobInfo(
+                blob_service_pb2.GetBlobInfoRequest(key=items[0].key), timeout=self.timeout
+            )
+        items[0] = dataclasses.replace(items[0], expected_size=info.size_bytes)
+        root = Path(directory)
+        root.mkdir(parents=True, exist_ok=True)
+        tally = DownloadTally(sum(item.expected_size or 0 for item in items), on_progress)
+        tally.start()
+        return [
+            self._download_one(item, download_target(root, item.relative_path), tally)
+            for item in items
+        ]
+
+    def _download_one(self, item: DownloadItem, target: Path, tally: DownloadTally) -> Path:
+        file = AtomicFile(target)
+        try:
+            with self.open_blob(item.key) as reader:
+                for chunk in reader.iter_chunks():
+                    file.write(chunk)
+                    tally.add(len(chunk))
+                expected = item.expected_size if item.expected_size is not None else reader.size
+                if file.size != expected or reader.size != expected:
+                    raise size_mismatch(item.key, expected, file.size)
+            return file.commit()
+        except BaseException:
+            file.discard()
+            raise
 
     def get_status(self, job_id: str) -> job_pb2.Job:
         """Returns the job."""
@@ -112,6 +385,13 @@ class JobClient:
         with rpc_errors_raised_as_videojobs_errors():
             request = job_service_pb2.CancelJobRequest(job_id=job_id, reason=reason)
             return self._stub.CancelJob(request, timeout=self.timeout).job
+
+    def delete(self, job_id: str) -> int:
+        """Deletes an ended job with everything it stored; returns how many
+        stored objects went (FAILED_PRECONDITION for a queued or running job)."""
+        with rpc_errors_raised_as_videojobs_errors():
+            request = job_service_pb2.DeleteJobRequest(job_id=job_id)
+            return self._stub.DeleteJob(request, timeout=self.timeout).deleted_blobs
 
     def list_jobs(
         self,
@@ -199,3 +479,39 @@ class JobClient:
             if on_event is not None:
                 on_event(event)
         return self.get_status(job_id)
+
+
+class _UploadConnection:
+    """The stubs one upload's calls go through: the client's own, until a
+    stall or a deadline suggests its connection is dead. Then, if the client
+    made its channel (it knows the address), the upload moves to a private
+    channel with its own connection: a new call on the old channel would
+    only queue behind the dead one. A channel passed in by the caller is
+    kept; its keepalive settings decide when gRPC notices a dead connection.
+    """
+
+    def __init__(self, client: JobClient) -> None:
+        self._client = client
+        self._private: grpc.Channel | None = None
+        self.blobs = client._blobs
+        self.jobs = client._stub
+
+    def __enter__(self) -> _UploadConnection:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._private is not None:
+            self._private.close()
+
+    def renew(self) -> None:
+        """Moves the upload to a fresh connection (when the client owns its channel)."""
+        if not self._client._owns_channel:
+            return
+        previous = self._private
+        self._private = grpc.insecure_channel(
+            self._client._address, options=FRESH_CONNECTION_OPTIONS
+        )
+        self.blobs = blob_service_pb2_grpc.BlobServiceStub(self._private)
+        self.jobs = job_service_pb2_grpc.JobServiceStub(self._private)
+        if previous is not None:
+            previous.close()

@@ -121,12 +121,17 @@ def _causes(exc: BaseException):
 def resource_error_for(exc: BaseException) -> ServiceError | None:
     """The retryable UNAVAILABLE error for a full disk or a full database
     anywhere in `exc`'s chain (OSError ENOSPC/EDQUOT, SQLite's SQLITE_FULL,
-    PostgreSQL's disk_full), or None for any other exception.
+    PostgreSQL's disk_full) or for storage that cannot be reached (an object
+    store's connection failures), or None for any other exception.
 
     Recognised by errno, SQLSTATE and SQLite's fixed message, so this module
     needs neither the storage package nor a database driver.
     """
     for cause in _causes(exc):
+        if getattr(cause, "storage_unavailable", False):
+            return unavailable(
+                "the server cannot reach its storage; retry later", "STORAGE_UNAVAILABLE", 5.0
+            )
         if getattr(cause, "storage_full", False) or (
             isinstance(cause, OSError) and cause.errno in _FULL_ERRNOS
         ):

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -52,7 +53,16 @@ def to_status_proto(error: ServiceError) -> status_pb2.Status:
 
 def _unexpected(exc: BaseException, handler_name: str) -> ServiceError:
     """The status for an exception no handler turned into a ServiceError: a
-    full disk or database is a retryable UNAVAILABLE, anything else INTERNAL."""
+    request message protobuf cannot parse (nested past its recursion limit) is
+    INVALID_ARGUMENT, a full disk or database a retryable UNAVAILABLE,
+    anything else INTERNAL."""
+    if isinstance(exc, DecodeError):
+        return ServiceError(
+            "a request message could not be parsed (malformed, or nested too deeply)",
+            "INVALID_ARGUMENT",
+            "MALFORMED_REQUEST",
+            field_violations=[("request", "protobuf could not parse this message")],
+        )
     resource = resource_error_for(exc)
     if resource is not None:
         _resource_failures.failed(f"{handler_name} ({resource.reason})", exc)

@@ -42,6 +42,7 @@ from videojobs.jobservice.domain import (
     JobError,
     JobState,
     attempt_prefix_for,
+    job_id_of,
     new_lease_token,
     retry_delay_seconds,
     utc_now,
@@ -61,11 +62,12 @@ from videojobs.jobservice.reports import (
     clean_stage,
     clean_warnings,
     completion_problem,
+    json_depth,
 )
 from videojobs.jobservice.store import Database, JobRepository
 from videojobs.jobservice.store.models import JobRow
 from videojobs.storage import BlobStore, StorageKey
-from videojobs.storage.blobstore import BlobNotFound
+from videojobs.storage.blobstore import BlobNotFound, BlobStoreError
 
 log = logging.getLogger(__name__)
 
@@ -527,7 +529,11 @@ class DispatchCoordinator:
             if row is None:
                 return
             refused = self._reports.partial_result_problem(
-                size_bytes, row.partial_result_bytes or 0, row.last_sequence, bucket
+                size_bytes,
+                row.partial_result_bytes or 0,
+                row.last_sequence,
+                bucket,
+                json_depth(data),
             )
             if refused is not None:
                 await self._attempt_failed(repository, row, refused, retryable=False)
@@ -582,7 +588,9 @@ class DispatchCoordinator:
         size, and the report must be within its limits (else the attempt
         fails and the worker is told to stop)."""
         missing = await self._missing_outputs(output_key, artifacts)
-        oversize = completion_problem(len(artifacts), summary_bytes, report_bytes)
+        oversize = completion_problem(
+            len(artifacts), summary_bytes, report_bytes, json_depth(summary)
+        )
         warnings = clean_warnings(list(warnings or []))
         refused = None
         async with self._database.transaction() as repository:
@@ -646,10 +654,14 @@ class DispatchCoordinator:
 
         def check() -> str | None:
             for key, size in expected:
+                if job_id_of(key) is None:
+                    return f"{key.value} belongs to no job"  # refused by prefix later anyway
                 try:
                     info = store.stat(key)
                 except BlobNotFound:
                     return f"{key.value} is not in storage"
+                except BlobStoreError as exc:
+                    return f"{key.value} cannot be checked ({exc})"
                 if size is not None and info.size_bytes != size:
                     return f"{key.value} holds {info.size_bytes} bytes, not the {size} reported"
             return None

@@ -112,6 +112,47 @@ def attempt_prefix_for(job_id: str, attempt: int) -> StorageKey:
     return StorageKey.join("jobs", job_id, "attempts", str(attempt))
 
 
+# Jobs imported from the systems videojobs replaces carry `legacy:<id>` as
+# their request_id; clients may not use the prefix.
+LEGACY_REQUEST_ID_PREFIX = "legacy:"
+
+# Staged uploads: `uploads/{upload_id}`, written with BlobService.Write before
+# SubmitVideo turns one into a job's input.
+STAGED_UPLOAD_PREFIX = "uploads"
+UPLOAD_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{16,64}")
+
+
+def staged_upload_key(upload_id: str) -> StorageKey:
+    """Where a client's staged upload is stored."""
+    return StorageKey.join(STAGED_UPLOAD_PREFIX, upload_id)
+
+
+def submit_staging_key(job_id: str) -> StorageKey:
+    """Where a streamed SubmitVideo upload is stored until it has passed its
+    checks (under the job's prefix, so the orphan sweep knows whose it is)."""
+    return StorageKey.join("jobs", job_id, "staging", "upload")
+
+
+def is_staged_upload_key(key: StorageKey) -> bool:
+    """Whether `key` names a staged upload (`uploads/{upload_id}`)."""
+    segments = key.segments
+    return (
+        len(segments) == 2
+        and segments[0] == STAGED_UPLOAD_PREFIX
+        and UPLOAD_ID_PATTERN.fullmatch(segments[1]) is not None
+    )
+
+
+def job_id_of(key: StorageKey) -> str | None:
+    """The job a key belongs to (`jobs/{id}/...`, also below a tenant
+    prefix), or None."""
+    segments = key.segments
+    for index in range(len(segments) - 2):
+        if segments[index] == "jobs" and JOB_ID_PATTERN.fullmatch(segments[index + 1]):
+            return segments[index + 1]
+    return None
+
+
 @dataclass(frozen=True)
 class JobError:
     """Why a job failed or was cancelled: a canonical gRPC code name and a message."""
@@ -230,6 +271,7 @@ class Job:
     worker_id: str | None = None
     lease_token: str | None = None
     input_format: str = ""
+    input_removed_at: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,10 @@ MAX_ERROR_METADATA_KEY_CHARS = 64
 MAX_ERROR_METADATA_VALUE_CHARS = 256
 MAX_MEDIA_TYPE_CHARS = 128
 MAX_SUMMARY_BYTES = 64 * KIB
+# Nesting of a worker's structured values (summary, partial results): an event
+# wraps them in a few more message levels, and protobuf refuses to parse
+# messages nested past about 100 levels (some 30 JSON levels).
+MAX_REPORT_DEPTH = 12
 MAX_ARTIFACTS = 10_000
 # The completed event (artifacts, summary, warnings) stays well under the
 # clients' default 4 MiB message limit, with room for the Job around it.

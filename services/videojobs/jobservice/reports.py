@@ -21,6 +21,7 @@ from videojobs.jobservice.limits import (
     MAX_ERROR_METADATA_KEY_CHARS,
     MAX_ERROR_METADATA_VALUE_CHARS,
     MAX_MESSAGE_CHARS,
+    MAX_REPORT_DEPTH,
     MAX_STAGE_CHARS,
     MAX_SUMMARY_BYTES,
     MAX_WARNING_CHARS,
@@ -35,8 +36,36 @@ GENERIC_FAILURE = "the pipeline failed (the worker's log has the details)"
 
 
 def clean_stage(stage: str) -> str:
-    """A progress stage fit for display."""
-    return clean_text(stage, MAX_STAGE_CHARS)
+    """A progress stage fit for display (one line, no host paths)."""
+    return clean_text(redact_host_paths(stage), MAX_STAGE_CHARS)
+
+
+def json_depth(value: object) -> int:
+    """How deeply objects and lists nest in a JSON-shaped value (a scalar: 0)."""
+    depth, level = 0, [value]
+    while level:
+        nested = []
+        for item in level:
+            if isinstance(item, dict):
+                nested.extend(item.values())
+            elif isinstance(item, list):
+                nested.extend(item)
+        if not any(isinstance(item, dict | list) for item in level):
+            break
+        depth += 1
+        level = nested
+    return depth
+
+
+def too_deep(what: str, depth: int) -> JobError | None:
+    """The error of a structured value nested past MAX_REPORT_DEPTH, or None."""
+    if depth <= MAX_REPORT_DEPTH:
+        return None
+    return over_limit(
+        f"{what} nests {depth} levels deep; at most {MAX_REPORT_DEPTH}",
+        "REPORT_TOO_DEEP",
+        limit=str(MAX_REPORT_DEPTH),
+    )
 
 
 def clean_warnings(warnings: list[str]) -> list[str]:
@@ -76,9 +105,12 @@ def over_limit(message: str, reason: str, **metadata: str) -> JobError:
 
 
 def completion_problem(
-    artifact_count: int, summary_bytes: int, event_bytes: int
+    artifact_count: int, summary_bytes: int, event_bytes: int, summary_depth: int = 0
 ) -> JobError | None:
-    """Why a completion is too large to record, or None."""
+    """Why a completion is too large (or too deep) to record, or None."""
+    deep = too_deep("the result summary", summary_depth)
+    if deep is not None:
+        return deep
     if artifact_count > MAX_ARTIFACTS:
         return over_limit(
             f"the worker reported {artifact_count} artifacts; at most {MAX_ARTIFACTS}",
@@ -133,10 +165,18 @@ class ReportPolicy:
         return TokenBucket(self.limits.partial_results_per_second, self.limits.partial_result_burst)
 
     def partial_result_problem(
-        self, size_bytes: int, job_bytes_so_far: int, events_so_far: int, bucket: TokenBucket
+        self,
+        size_bytes: int,
+        job_bytes_so_far: int,
+        events_so_far: int,
+        bucket: TokenBucket,
+        depth: int = 0,
     ) -> JobError | None:
         """Why a partial result must not be recorded, or None."""
         limits = self.limits
+        deep = too_deep("a partial result", depth)
+        if deep is not None:
+            return deep
         if size_bytes > limits.max_partial_result_bytes:
             return over_limit(
                 f"a partial result of {size_bytes} bytes; at most "

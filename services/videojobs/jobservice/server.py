@@ -15,12 +15,15 @@ from videojobs.common.grpc_server import (
     mark_not_serving,
     mark_serving,
 )
+from videojobs.jobservice.api.blob_servicer import BlobServicer
 from videojobs.jobservice.api.dispatch_servicer import DispatchServicer
 from videojobs.jobservice.api.job_servicer import JobServicer
+from videojobs.jobservice.blobs import BlobAccess
 from videojobs.jobservice.cancel import CancelService
 from videojobs.jobservice.dispatch import DispatchCoordinator, DispatchSettings
 from videojobs.jobservice.events import EventFeed, EventHub
 from videojobs.jobservice.queries import JobQueries, PageTokens
+from videojobs.jobservice.retention import JobDeletion
 from videojobs.jobservice.settings import JobServiceSettings
 from videojobs.jobservice.store import Database
 from videojobs.jobservice.submit import SubmitLimits, SubmitService
@@ -28,6 +31,8 @@ from videojobs.jobservice.sweeper import OrphanSweeper
 from videojobs.pipelines import builtin_catalogue
 from videojobs.storage import open_blob_store
 from videojobs.v1 import (
+    blob_service_pb2,
+    blob_service_pb2_grpc,
     dispatch_service_pb2,
     dispatch_service_pb2_grpc,
     job_service_pb2,
@@ -39,6 +44,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAMES = [
     job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
     dispatch_service_pb2.DESCRIPTOR.services_by_name["DispatchService"].full_name,
+    blob_service_pb2.DESCRIPTOR.services_by_name["BlobService"].full_name,
 ]
 
 
@@ -55,6 +61,8 @@ class JobServiceApp:
     health: object
     page_tokens: PageTokens
     sweeper: OrphanSweeper
+    deletion: JobDeletion
+    blob_store: object
     address: str = ""
 
     async def start(self) -> str:
@@ -65,6 +73,7 @@ class JobServiceApp:
         await self.server.start()
         await self.coordinator.start()
         self.sweeper.start()
+        self.deletion.start(self.settings.retention_interval)
         await mark_serving(self.health, SERVICE_NAMES)
         log.info("job-service listening on %s", self.address)
         return self.address
@@ -77,8 +86,10 @@ class JobServiceApp:
         await mark_not_serving(self.health, SERVICE_NAMES)
         await self.server.stop(self.settings.shutdown_grace)
         await self.sweeper.stop()
+        await self.deletion.stop()
         await self.coordinator.stop()
         await self.database.dispose()
+        await asyncio.to_thread(self.blob_store.close)
         log.info("job-service stopped")
 
 
@@ -113,16 +124,29 @@ def build_job_service(settings: JobServiceSettings) -> JobServiceApp:
         on_job_queued=coordinator.job_queued,
     )
     page_tokens = PageTokens()
+    deletion = JobDeletion(database, blob_store, settings.retention_policy)
     job_servicer = JobServicer(
         submit,
         JobQueries(database, page_tokens),
         EventFeed(database, hub),
         CancelService(database, coordinator),
+        deletion,
     )
     dispatch_servicer = DispatchServicer(coordinator)
+    blob_servicer = BlobServicer(
+        BlobAccess(
+            database,
+            blob_store,
+            max_upload_bytes=settings.max_upload_bytes,
+            admission=submit.admission,
+            budget=submit.budget,
+        ),
+        settings.upload_idle_timeout,
+    )
     server = grpc.aio.server(options=SERVER_OPTIONS)
     job_service_pb2_grpc.add_JobServiceServicer_to_server(job_servicer, server)
     dispatch_service_pb2_grpc.add_DispatchServiceServicer_to_server(dispatch_servicer, server)
+    blob_service_pb2_grpc.add_BlobServiceServicer_to_server(blob_servicer, server)
     health = add_health_and_reflection(server, SERVICE_NAMES)
     return JobServiceApp(
         settings=settings,
@@ -133,6 +157,8 @@ def build_job_service(settings: JobServiceSettings) -> JobServiceApp:
         dispatch_servicer=dispatch_servicer,
         health=health,
         page_tokens=page_tokens,
+        deletion=deletion,
+        blob_store=blob_store,
         sweeper=OrphanSweeper(database, blob_store, settings.sweep_interval, settings.orphan_grace),
     )
 

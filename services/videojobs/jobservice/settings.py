@@ -15,6 +15,7 @@ from typing import Any
 
 from videojobs.common.config import DEFAULT_ADDRESS, DEFAULT_DATA_DIR, add_option, storage_dirs
 from videojobs.jobservice.limits import ReportLimits, UploadLimits
+from videojobs.jobservice.retention import RetentionPolicy
 
 _UPLOADS = UploadLimits()
 _REPORTS = ReportLimits()
@@ -132,6 +133,27 @@ class JobServiceSettings:
         "age in seconds an unreferenced blob or temporary file must reach before a sweep "
         "removes it",
     )
+    retention_days: float = _setting(
+        30.0,
+        "VIDEOJOBS_RETENTION_DAYS",
+        "days ended jobs are kept, with everything they stored (0: forever)",
+    )
+    failed_input_retention_days: float = _setting(
+        7.0,
+        "VIDEOJOBS_FAILED_INPUT_RETENTION_DAYS",
+        "days the inputs of FAILED and CANCELLED jobs are kept (0: as long as the job)",
+    )
+    retention_interval: float = _setting(
+        3600.0,
+        "VIDEOJOBS_RETENTION_INTERVAL",
+        "seconds between passes of the retention policy",
+    )
+    staged_upload_ttl: float = _setting(
+        86_400.0,
+        "VIDEOJOBS_STAGED_UPLOAD_TTL",
+        "seconds a finished staged upload (uploads/...) waits for a SubmitVideo before a "
+        "sweep removes it",
+    )
     log_level: str = _setting("INFO", "VIDEOJOBS_LOG_LEVEL", "logging level")
 
     @property
@@ -147,6 +169,11 @@ class JobServiceSettings:
         )
 
     @property
+    def retention_policy(self) -> RetentionPolicy:
+        """How long ended jobs and failed inputs are kept."""
+        return RetentionPolicy(self.retention_days, self.failed_input_retention_days)
+
+    @property
     def report_limits(self) -> ReportLimits:
         """The worker-report bounds these settings describe."""
         return ReportLimits(
@@ -158,9 +185,13 @@ class JobServiceSettings:
         )
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str = "videojobs-server") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="videojobs-server", description="Run job-service (JobService + DispatchService)."
+        prog=prog,
+        description="Run job-service (JobService, DispatchService, BlobService).",
+        epilog="Subcommands: 'videojobs-server import-legacy --help' (import the jobs of the "
+        "system videojobs replaces), 'videojobs-server retention [--dry-run]' (one pass of "
+        "the retention policy).",
     )
     add_option(
         parser,
@@ -180,9 +211,11 @@ def _parser() -> argparse.ArgumentParser:
 _PARSERS = {"int": int, "float": float, "str": str}
 
 
-def parse_settings(argv: list[str] | None = None) -> JobServiceSettings:
+def parse_settings(
+    argv: list[str] | None = None, prog: str = "videojobs-server"
+) -> JobServiceSettings:
     """Settings from the command line and the environment."""
-    parser = _parser()
+    parser = _parser(prog)
     args = parser.parse_args(argv)
     if args.heartbeat_interval <= 0 or args.lease_duration <= args.heartbeat_interval:
         parser.error("need 0 < heartbeat interval < lease duration")
@@ -191,6 +224,10 @@ def parse_settings(argv: list[str] | None = None) -> JobServiceSettings:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.upload_idle_timeout <= 0 or args.sweep_interval <= 0 or args.orphan_grace < 0:
         parser.error("timeouts and intervals must be positive")
+    if args.retention_days < 0 or args.failed_input_retention_days < 0:
+        parser.error("retention periods must be 0 (keep) or positive")
+    if args.retention_interval <= 0:
+        parser.error("--retention-interval must be positive")
     database_url, storage_url = storage_dirs(args.data_dir, args.database_url, args.storage_url)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(JobServiceSettings)}
     values.update(database_url=database_url, storage_url=storage_url)

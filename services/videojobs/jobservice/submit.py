@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from videojobs.common import errors
 from videojobs.common.text import echo
 from videojobs.jobservice.domain import (
+    LEGACY_REQUEST_ID_PREFIX,
     MAX_ATTEMPTS_LIMIT,
     MAX_EXECUTION_TIMEOUT_SECONDS,
     MAX_PRIORITY,
@@ -32,7 +33,9 @@ from videojobs.jobservice.domain import (
     JobState,
     dispatch_rank,
     input_key_for,
+    is_staged_upload_key,
     new_job_id,
+    submit_staging_key,
     utc_now,
 )
 from videojobs.jobservice.limits import MAX_CHUNK_BYTES, MAX_REQUEST_ID_CHARS, UploadLimits
@@ -53,7 +56,7 @@ from videojobs.pipelines.containers import (
     sniff_container,
 )
 from videojobs.pipelines.plan import JobPlan, plan_job
-from videojobs.storage import BlobStore, StorageKey
+from videojobs.storage import BlobNotFound, BlobStore, InvalidStorageKey, StorageKey
 from videojobs.storage.blobstore import BlobWriter
 
 log = logging.getLogger(__name__)
@@ -77,6 +80,8 @@ class UploadHeader:
     execution_timeout_seconds: float | None = None
     queue_timeout_seconds: float | None = None
     pipelines: tuple[str, ...] = ()
+    # A finished staged upload (`uploads/{id}`) to use instead of chunks.
+    upload_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -110,8 +115,9 @@ class SubmitService:
         self._catalogue = catalogue
         self._limits = limits
         self._on_job_queued = on_job_queued
+        # Shared with BlobService's staged uploads: one count, one budget.
         self.admission = UploadAdmission(limits.uploads)
-        self._budget = StorageBudget(limits.uploads, blob_store, self._stored_input_bytes)
+        self.budget = StorageBudget(limits.uploads, blob_store, self._stored_input_bytes)
 
     @property
     def idle_timeout_seconds(self) -> float:
@@ -135,6 +141,10 @@ class SubmitService:
                     "header.request_id",
                     f"at most {MAX_REQUEST_ID_CHARS} printable ASCII characters, no spaces",
                 )
+            )
+        elif header.request_id.startswith(LEGACY_REQUEST_ID_PREFIX):
+            violations.append(
+                ("header.request_id", f"{LEGACY_REQUEST_ID_PREFIX!r} is kept for imported jobs")
             )
         if header.expected_size_bytes < 0:
             violations.append(("header.expected_size_bytes", "must not be negative"))
@@ -182,17 +192,21 @@ class SubmitService:
         """Stores the upload and creates the job (or returns the job of a repeated
         request_id). See the module docstring for the guarantees."""
         plan = self.validate_header(header)
-        with self.admission.admit(peer), self._budget.reserve() as reservation:
+        if header.upload_key:
+            return await self._adopt_staged_upload(header, plan, chunks)
+        with self.admission.admit(peer), self.budget.reserve() as reservation:
             await reservation.promise(header.expected_size_bytes)
             return await self._receive(header, plan, chunks, reservation)
 
     async def _receive(self, header, plan, chunks, reservation) -> Job:
+        """Streams the chunks into a staged object (a multipart upload on S3),
+        then publishes it as the job's input (see `_publish`)."""
         job_id = new_job_id()
+        staged = submit_staging_key(job_id)
         writer: BlobWriter | None = None
         head = b""
         container: ContainerFormat | None = None
-        published = False
-        input_key: StorageKey | None = None
+        committed = False
         try:
             async for chunk in chunks:
                 if len(chunk) > MAX_CHUNK_BYTES:
@@ -212,8 +226,7 @@ class SubmitService:
                     if len(head) < SNIFF_BYTES:
                         continue
                     container = _identify(head)
-                    input_key = input_key_for(job_id, container.extension)
-                    writer = await asyncio.to_thread(self._blob_store.open_writer, input_key)
+                    writer = await asyncio.to_thread(self._blob_store.open_writer, staged)
                     chunk, head = head, b""
                 await asyncio.to_thread(writer.write, chunk)
                 await reservation.wrote(writer.size_bytes)
@@ -223,25 +236,115 @@ class SubmitService:
                         "the upload holds no bytes", [("chunk", "the upload holds no bytes")]
                     )
                 container = _identify(head)
-                input_key = input_key_for(job_id, container.extension)
-                writer = await asyncio.to_thread(self._blob_store.open_writer, input_key)
+                writer = await asyncio.to_thread(self._blob_store.open_writer, staged)
                 await asyncio.to_thread(writer.write, head)
             size, sha256 = writer.size_bytes, writer.sha256_hex()
             self._check_received(header, size, sha256)
-            await self._check_container(writer, container)
             await asyncio.to_thread(writer.commit)
+            committed = True
+            return await self._publish(header, plan, job_id, staged, container, size, sha256)
+        finally:
+            if writer is not None:
+                await asyncio.to_thread(writer.abort)
+                if committed:
+                    await asyncio.to_thread(self._blob_store.delete, staged)
+
+    async def _publish(
+        self,
+        header: UploadHeader,
+        plan: JobPlan,
+        job_id: str,
+        staged: StorageKey,
+        container: ContainerFormat,
+        size: int,
+        sha256: str,
+    ) -> Job:
+        """Checks the complete staged object as its container, moves it to the
+        job's input key and creates the job. An input exists only for a
+        committed job: a failure on the way removes it again, and a process
+        killed in between leaves it to the orphan sweep."""
+        await self._check_container(staged, container)
+        input_key = input_key_for(job_id, container.extension)
+        await asyncio.to_thread(self._blob_store.rename, staged, input_key)
+        created = False
+        try:
             job, created = await self._create_job(
                 header, plan, job_id, input_key, container, size, sha256
             )
-            # Kept only when a job now refers to it: for a repeated request the
-            # first upload's job stands and this copy goes.
-            published = created
             return job
         finally:
-            if writer is not None:
-                writer.abort()
-                if not published:
-                    await asyncio.to_thread(self._blob_store.delete, input_key)
+            # Kept only when a job now refers to it: for a repeated request the
+            # first upload's job stands and this copy goes.
+            if not created:
+                await asyncio.to_thread(self._blob_store.delete, input_key)
+
+    async def _adopt_staged_upload(
+        self, header: UploadHeader, plan: JobPlan, chunks: AsyncIterator[bytes]
+    ) -> Job:
+        """Creates the job from a finished staged upload (BlobService.Write)."""
+        try:
+            staged = StorageKey(header.upload_key)
+        except InvalidStorageKey as exc:
+            raise errors.invalid_argument(
+                "upload_key is invalid", [("header.upload_key", exc.reason)]
+            ) from None
+        if not is_staged_upload_key(staged):
+            raise errors.invalid_argument(
+                "upload_key names no staged upload",
+                [("header.upload_key", "must be uploads/{upload_id} (16-64 of [A-Za-z0-9_-])")],
+            )
+        async for _ in chunks:
+            raise errors.invalid_argument(
+                "a header with upload_key takes no chunks",
+                [("chunk", "the bytes are those of the staged upload")],
+            )
+        if await asyncio.to_thread(self._blob_store.resumable_status, staged) is not None:
+            raise errors.failed_precondition(
+                f"the staged upload {staged.value!r} is not finished",
+                "UPLOAD_NOT_FINISHED",
+            )
+        try:
+            info = await asyncio.to_thread(self._blob_store.stat, staged)
+        except BlobNotFound:
+            existing = await self._existing_for_request(header)
+            if existing is not None:
+                return existing  # the retry of a submit whose answer was lost
+            raise errors.not_found(
+                f"no staged upload {staged.value!r}", "UPLOAD_NOT_FOUND"
+            ) from None
+        if info.size_bytes > self._limits.max_upload_bytes:
+            await asyncio.to_thread(self._blob_store.delete, staged)
+            raise self._too_large()
+        if info.size_bytes == 0:
+            raise errors.invalid_argument(
+                "the upload holds no bytes", [("header.upload_key", "the upload holds no bytes")]
+            )
+        container, sha256 = await asyncio.to_thread(self._identify_stored, staged)
+        self._check_received(header, info.size_bytes, sha256)
+        # Shielded: once the staged object is being moved into place, a client
+        # that hangs up must not leave it half-published; the job is created,
+        # and the client's retry (same request_id) finds it.
+        return await asyncio.shield(
+            self._publish(header, plan, new_job_id(), staged, container, info.size_bytes, sha256)
+        )
+
+    def _identify_stored(self, key: StorageKey) -> tuple[ContainerFormat, str]:
+        """The container and SHA-256 of a stored object, read once, a chunk at a time."""
+        digest = hashlib.sha256()
+        with self._blob_store.open_read(key) as source:
+            head = source.read(SNIFF_BYTES)
+            container = _identify(head)
+            digest.update(head)
+            while chunk := source.read(1024 * 1024):
+                digest.update(chunk)
+        return container, digest.hexdigest()
+
+    async def _existing_for_request(self, header: UploadHeader) -> Job | None:
+        if not header.request_id:
+            return None
+        async with self._database.reading() as repository:
+            row = await repository.get_row_by_request_id(header.request_id)
+            return None if row is None else await repository.to_domain(row)
 
     def _too_large(self) -> errors.ServiceError:
         limit = self._limits.max_upload_bytes
@@ -268,14 +371,13 @@ class SubmitService:
         if violations:
             raise errors.invalid_argument("the upload does not match its header", violations)
 
-    @staticmethod
-    async def _check_container(writer: BlobWriter, container: ContainerFormat) -> None:
-        """Opens the whole upload as the identified format (and only as that)."""
+    async def _check_container(self, key: StorageKey, container: ContainerFormat) -> None:
+        """Opens the whole stored upload as the identified format (and only as that)."""
         # Imported here: PyAV is needed only once an upload is complete.
         from videojobs.pipelines.media import check_is_media_container
 
         def check() -> str:
-            with writer.read_back() as source:
+            with self._blob_store.open_read(key) as source:
                 return check_is_media_container(source, container.name)
 
         try:

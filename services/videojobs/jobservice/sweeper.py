@@ -1,5 +1,8 @@
 """The orphan sweep: storage holds nothing no job refers to, for long.
 
+Staged uploads (`uploads/{id}`) nobody turned into a job are removed after
+`staged_upload_ttl`; resumable writes nobody resumed count as dead writes.
+
 A process killed between publishing an upload and committing its job row
 leaves an input no job refers to; one killed mid-write leaves a temporary
 file. Neither is ever read again. The sweep runs at start-up and then every
@@ -13,18 +16,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from dataclasses import dataclass
 from datetime import timedelta
 
 from videojobs.common.failures import RepeatedFailureLog
-from videojobs.jobservice.domain import utc_now
+from videojobs.jobservice.domain import is_staged_upload_key, job_id_of, utc_now
 from videojobs.jobservice.store import Database
-from videojobs.storage import BlobInfo, BlobStore, StorageKey
+from videojobs.storage import BlobInfo, BlobStore
 
 log = logging.getLogger(__name__)
 
-_JOB_ID = re.compile(r"[0-9a-f]{32}")
 # Job ids looked up in the database per query.
 _LOOKUP_BATCH = 500
 
@@ -35,27 +36,25 @@ class SweepReport:
 
     partial_writes: int = 0
     orphaned_blobs: int = 0
-
-
-def job_id_of(key: StorageKey) -> str | None:
-    """The job a key belongs to (`jobs/{id}/...`, also below a tenant prefix), or None."""
-    segments = key.segments
-    for index in range(len(segments) - 2):
-        if segments[index] == "jobs" and _JOB_ID.fullmatch(segments[index + 1]):
-            return segments[index + 1]
-    return None
+    expired_uploads: int = 0
 
 
 class OrphanSweeper:
     """Periodically removes dead temporary files and blobs of jobs that do not exist."""
 
     def __init__(
-        self, database: Database, blob_store: BlobStore, interval: float, grace: float
+        self,
+        database: Database,
+        blob_store: BlobStore,
+        interval: float,
+        grace: float,
+        staged_upload_ttl: float = 86_400.0,
     ) -> None:
         self._database = database
         self._blob_store = blob_store
         self._interval = interval
         self._grace = grace
+        self._staged_upload_ttl = staged_upload_ttl
         self._task: asyncio.Task | None = None
         self._failures = RepeatedFailureLog(log, "orphan sweep")
 
@@ -76,11 +75,13 @@ class OrphanSweeper:
             try:
                 report = await self.sweep()
                 self._failures.succeeded()
-                if report.partial_writes or report.orphaned_blobs:
+                if report.partial_writes or report.orphaned_blobs or report.expired_uploads:
                     log.info(
-                        "sweep removed %d dead temporary file(s) and %d orphaned blob(s)",
+                        "sweep removed %d dead temporary file(s), %d orphaned blob(s) and "
+                        "%d staged upload(s) nobody used",
                         report.partial_writes,
                         report.orphaned_blobs,
+                        report.expired_uploads,
                     )
             except Exception as exc:  # noqa: BLE001 - the next sweep tries again
                 self._failures.failed(exc)
@@ -92,10 +93,17 @@ class OrphanSweeper:
         report.partial_writes = await asyncio.to_thread(
             self._blob_store.sweep_partial_writes, self._grace
         )
-        cutoff = utc_now() - timedelta(seconds=self._grace)
+        now = utc_now()
+        cutoff = now - timedelta(seconds=self._grace)
+        upload_cutoff = now - timedelta(seconds=self._staged_upload_ttl)
         blobs = await asyncio.to_thread(lambda: list(self._blob_store.list()))
         by_job: dict[str, list[BlobInfo]] = {}
         for info in blobs:
+            if is_staged_upload_key(info.key):
+                if info.modified_at is not None and info.modified_at < upload_cutoff:
+                    await asyncio.to_thread(self._blob_store.delete, info.key)
+                    report.expired_uploads += 1
+                continue
             job_id = job_id_of(info.key)
             if job_id is None:
                 continue  # not laid out by videojobs: not ours to judge

@@ -98,6 +98,7 @@ worker-service  listening on {worker.address}
 Try, in another terminal:
   {bin_dir}/videojobs --address {server.address} submit VIDEO.mp4 --wait
   {bin_dir}/videojobs --address {server.address} list
+  {bin_dir}/videojobs --address {server.address} fetch JOB_ID -o results/
   {bin_dir}/grpcurl -plaintext {server.address} list
   {bin_dir}/grpcurl -plaintext -d '{{"job_id": "JOB_ID"}}' {server.address} videojobs.v1.JobService/GetStatus
   {bin_dir}/grpcurl -plaintext {worker.address} videojobs.v1.WorkerService/GetWorkerStatus
@@ -121,11 +122,14 @@ Ctrl-C stops both.
 
 
 def demo(env: dict[str, str]) -> int:
-    """Makes a video, runs the pair on a scratch directory, submits, follows, stops."""
+    """Makes a video, runs the pair on a scratch directory, submits, follows,
+    fetches the result document over gRPC (the scratch directory, storage
+    included, is gone when the demo ends), prints it, and stops."""
     from google.protobuf import json_format
 
-    from videojobs.client import JobClient
+    from videojobs.client import JobClient, job_state_name
     from videojobs.stack.sample_video import write_sample_video
+    from videojobs.v1 import job_pb2
 
     with tempfile.TemporaryDirectory(prefix="videojobs-demo-") as scratch:
         video = Path(scratch) / "demo.mp4"
@@ -152,8 +156,15 @@ def demo(env: dict[str, str]) -> int:
                     text = json.dumps(detail, separators=(",", ":"))
                     print(f"  #{event.sequence:<3} {kind:<15} {text[:140]}", flush=True)
                 final = client.get_status(job.job_id)
-            print("\nfinal job:", flush=True)
-            print(json.dumps(json_format.MessageToDict(final), indent=2), flush=True)
+                state = job_state_name(final.state)
+                print(f"\njob {final.job_id} {state} after {final.attempt} attempt(s)", flush=True)
+                if final.state != job_pb2.JOB_STATE_SUCCEEDED:
+                    print(f"error: {final.error.message or '(none given)'}", flush=True)
+                    return 1
+                # Fetched through job-service's BlobService, as any client would.
+                document = client.read_result(final.job_id)
+            print("\nresult document:", flush=True)
+            print(json.dumps(document, indent=2, ensure_ascii=False), flush=True)
         finally:
             _stop_pair(server, worker)
     return 0

@@ -78,10 +78,6 @@ class BlobWriter(Protocol):
     def sha256_hex(self) -> str:
         """Lowercase hex SHA-256 of everything written so far."""
 
-    def read_back(self) -> BinaryIO:
-        """Opens what was written so far for reading, before it is published
-        (to check an upload before anyone can see it)."""
-
     def commit(self) -> BlobInfo:
         """Publishes the object atomically (replacing any object under the key)."""
 
@@ -93,8 +89,43 @@ class BlobWriter(Protocol):
     def __exit__(self, *exc_info: object) -> None: ...
 
 
+class ResumableWriter(Protocol):
+    """One stream of a resumable write: bytes appended after what an earlier,
+    broken-off stream committed. The state lives in the store, not in this
+    object, so a write survives a dropped connection and a server restart.
+
+    `committed_size` is what the store holds durably; a client that lost its
+    stream resumes from there. It may be less than what was sent (an object
+    store commits whole parts only), never more.
+    """
+
+    key: StorageKey
+    committed_size: int
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes of the object so far: committed plus what this stream buffered."""
+
+    def write(self, data: bytes) -> None:
+        """Appends bytes at `size_bytes`."""
+
+    def checkpoint(self) -> int:
+        """Makes durable as much as the store can now; returns `committed_size`."""
+
+    def finish(self) -> BlobInfo:
+        """Publishes the object under the key; the write is complete."""
+
+    def close(self) -> int:
+        """Ends this stream, keeping what is committed for a later one (bytes
+        buffered but not committed are dropped); returns `committed_size`."""
+
+    def abort(self) -> None:
+        """Drops the whole write, committed bytes included."""
+
+
 class BlobStore(Protocol):
-    """Stores bytes under relative keys. Implementations: `LocalBlobStore`."""
+    """Stores bytes under relative keys. Implementations: `LocalBlobStore`,
+    `S3BlobStore`, and `RemoteBlobStore` (through job-service's BlobService)."""
 
     def open_writer(self, key: StorageKey) -> BlobWriter:
         """Starts an atomic write of the object under `key`."""
@@ -117,14 +148,28 @@ class BlobStore(Protocol):
     def list(self, prefix: StorageKey | None = None) -> Iterator[BlobInfo]:
         """Objects below `prefix` (all objects when None), in key order."""
 
+    def rename(self, source: StorageKey, target: StorageKey) -> BlobInfo:
+        """Moves the object under `source` to `target` (replacing any object
+        there); `source` is gone afterwards. Raises BlobNotFound."""
+
+    def open_resumable(self, key: StorageKey) -> ResumableWriter:
+        """Starts, or resumes, the resumable write of the object under `key`."""
+
+    def resumable_status(self, key: StorageKey) -> int | None:
+        """Committed bytes of an unfinished resumable write of `key`, or None
+        when none is in progress."""
+
     def available_bytes(self) -> int | None:
         """Free space left for new objects, or None where the backend has no
         such limit (object stores)."""
 
     def sweep_partial_writes(self, older_than_seconds: float) -> int:
         """Removes what writes that died mid-way left behind (temporary files,
-        unfinished multipart uploads) older than `older_than_seconds`;
-        returns how many."""
+        unfinished multipart uploads, resumable writes nobody resumed) older
+        than `older_than_seconds`; returns how many."""
+
+    def close(self) -> None:
+        """Releases connections and threads the store holds (call at shutdown)."""
 
 
 class HashingCounter:

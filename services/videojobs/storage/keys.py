@@ -13,6 +13,9 @@ import unicodedata
 from dataclasses import dataclass
 
 MAX_KEY_BYTES = 1024
+# A segment becomes a file name in the local store, where common filesystems
+# allow 255 bytes: the same key must be storable in every backend.
+MAX_SEGMENT_BYTES = 255
 
 # `file:`, `s3:`, `C:`... anything that looks like a scheme or drive prefix in
 # the first segment. Keys are relative, so a colon there is always a mistake.
@@ -83,6 +86,8 @@ def _check_structure(value: str) -> None:
             raise InvalidStorageKey("must not contain an empty segment")
         if segment in (".", ".."):
             raise InvalidStorageKey("must not contain a '.' or '..' segment")
+        if len(segment.encode("utf-8", "surrogatepass")) > MAX_SEGMENT_BYTES:
+            raise InvalidStorageKey(f"segments must be at most {MAX_SEGMENT_BYTES} bytes")
         if segment != segment.strip() or segment.endswith("."):
             # Trailing spaces and dots are silently dropped by some filesystems,
             # which would make two different keys name one object.

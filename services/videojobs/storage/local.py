@@ -10,6 +10,7 @@ write leaves nothing under its key. No method returns or raises a host path.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 import time
@@ -28,6 +29,8 @@ from videojobs.storage.blobstore import (
 from videojobs.storage.keys import InvalidStorageKey, StorageKey
 
 PARTIAL_DIR = ".partial"
+# Resumable writes live here between streams, one file per key.
+RESUMABLE_DIR = "resumable"
 
 
 class KeyOutsideRoot(InvalidStorageKey):
@@ -43,6 +46,8 @@ class LocalBlobStore:
         self._root = resolved
         self._partial_dir = resolved / PARTIAL_DIR
         self._partial_dir.mkdir(exist_ok=True)
+        self._resumable_dir = self._partial_dir / RESUMABLE_DIR
+        self._resumable_dir.mkdir(exist_ok=True)
 
     def describe(self) -> str:
         """Where the store lives, for the operator's start-up log only."""
@@ -103,9 +108,10 @@ class LocalBlobStore:
         return self._path_for(key).is_file()
 
     def delete(self, key: StorageKey) -> None:
-        """Deletes the object; missing is fine. Empty parent directories go too."""
+        """Deletes the object; missing is fine (a key that names a directory
+        of other objects holds no object itself). Empty parent directories go too."""
         path = self._path_for(key)
-        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError, IsADirectoryError):
             path.unlink()
         self._prune_empty_dirs(path.parent)
 
@@ -141,6 +147,40 @@ class LocalBlobStore:
                 )
         yield from sorted(found, key=lambda info: info.key.value)
 
+    def close(self) -> None:
+        """Nothing to release: files are opened per operation."""
+
+    def rename(self, source: StorageKey, target: StorageKey) -> BlobInfo:
+        """Moves `source` to `target` (one rename within the root)."""
+        source_path, target_path = self._path_for(source), self._path_for(target)
+        if not source_path.is_file():
+            raise BlobNotFound(source)
+        try:
+            target_path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source_path, target_path)
+        except FileNotFoundError:
+            raise BlobNotFound(source) from None
+        except OSError as exc:
+            raise storage_error(target, "store", exc) from None
+        self._prune_empty_dirs(source_path.parent)
+        return self.stat(target)
+
+    def open_resumable(self, key: StorageKey) -> _LocalResumableWriter:
+        """Starts or resumes the resumable write of `key` (its bytes so far sit
+        in one file under the temporary area, named by the key's hash)."""
+        return _LocalResumableWriter(key, self._path_for(key), self._resumable_path(key))
+
+    def resumable_status(self, key: StorageKey) -> int | None:
+        """Committed bytes of the unfinished resumable write of `key`, or None."""
+        self._path_for(key)  # validates the key like every other operation
+        try:
+            return self._resumable_path(key).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def _resumable_path(self, key: StorageKey) -> Path:
+        return self._resumable_dir / (hashlib.sha256(key.value.encode()).hexdigest() + ".part")
+
     def available_bytes(self) -> int | None:
         """Free bytes on the root's filesystem, for unprivileged writers."""
         st = os.statvfs(self._root)
@@ -150,11 +190,12 @@ class LocalBlobStore:
         """Removes temporary files of writes that died (process killed mid-write)."""
         cutoff = time.time() - older_than_seconds
         removed = 0
-        for entry in self._partial_dir.iterdir():
-            with contextlib.suppress(FileNotFoundError):
-                if entry.stat().st_mtime < cutoff:
-                    entry.unlink()
-                    removed += 1
+        for directory in (self._partial_dir, self._resumable_dir):
+            for entry in directory.iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    if entry.is_file() and entry.stat().st_mtime < cutoff:
+                        entry.unlink()
+                        removed += 1
         return removed
 
     def _prune_empty_dirs(self, directory: Path) -> None:
@@ -243,3 +284,85 @@ class _LocalBlobWriter:
 
     def __exit__(self, *exc_info: object) -> None:
         self.abort()
+
+
+class _LocalResumableWriter:
+    """Appends to the key's resumable file; `finish` renames it into place.
+
+    The file's size is the committed size: bytes are flushed and fsynced at
+    every checkpoint and when the stream ends, so what a client is told was
+    committed survives a crash of the machine.
+    """
+
+    def __init__(self, key: StorageKey, final_path: Path, part_path: Path) -> None:
+        self.key = key
+        self._final_path = final_path
+        self._part_path = part_path
+        try:
+            self._file = open(part_path, "ab")  # noqa: SIM115 - closed by finish/close/abort
+        except OSError as exc:
+            raise storage_error(key, "write", exc) from None
+        self.committed_size = self._file.tell()
+        self._size = self.committed_size
+        self._done = False
+
+    @property
+    def size_bytes(self) -> int:
+        """Committed bytes plus those written by this stream."""
+        return self._size
+
+    def write(self, data: bytes) -> None:
+        """Appends bytes."""
+        if self._done:
+            raise BlobWriteAborted(f"write to {self.key.value!r} already finished")
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            self.close()
+            raise storage_error(self.key, "write", exc) from None
+        self._size += len(data)
+
+    def checkpoint(self) -> int:
+        """Flushes and fsyncs what this stream wrote."""
+        if not self._done:
+            try:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+            except OSError as exc:
+                self.close()
+                raise storage_error(self.key, "write", exc) from None
+            self.committed_size = self._size
+        return self.committed_size
+
+    def finish(self) -> BlobInfo:
+        """Fsyncs and renames the file into place."""
+        self.checkpoint()
+        self._done = True
+        try:
+            self._file.close()
+            self._final_path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self._part_path, self._final_path)
+        except OSError as exc:
+            raise storage_error(self.key, "store", exc) from None
+        return BlobInfo(key=self.key, size_bytes=self._size)
+
+    def close(self) -> int:
+        """Ends this stream; what reached the file stays for the next one."""
+        if not self._done:
+            self._done = True
+            with contextlib.suppress(OSError):
+                self._file.flush()
+                os.fsync(self._file.fileno())
+            with contextlib.suppress(OSError):
+                self._file.close()
+            with contextlib.suppress(OSError):
+                self.committed_size = self._part_path.stat().st_size
+        return self.committed_size
+
+    def abort(self) -> None:
+        """Drops the write."""
+        self._done = True
+        with contextlib.suppress(OSError):
+            self._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            self._part_path.unlink()

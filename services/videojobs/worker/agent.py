@@ -285,6 +285,9 @@ class WorkerAgent:
                     input_format=assignment.input_format,
                     max_frame_pixels=self.settings.max_frame_pixels,
                     memory_limit_bytes=self.settings.child_memory_limit_bytes,
+                    job_service_address=self.settings.address,
+                    lease_token=job.lease_token,
+                    spool_dir=self.settings.spool_dir,
                 )
 
                 async def relay(line: dict) -> None:

@@ -16,14 +16,17 @@ decoded under the task's pixel cap.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import resource
 import sys
+import tempfile
 import threading
 import time
 import traceback
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import cv2
@@ -32,8 +35,9 @@ from videojobs.pipelines import PipelineFailure, builtin_catalogue
 from videojobs.pipelines.media import identify_container
 from videojobs.pipelines.plan import split_key
 from videojobs.pipelines.runner import run_job
-from videojobs.storage import StorageKey, open_blob_store
-from videojobs.storage.blobstore import BlobStoreError, put_bytes
+from videojobs.storage import BlobStore, StorageKey, open_blob_store
+from videojobs.storage.blobstore import BlobNotFound, BlobStoreError, put_bytes
+from videojobs.storage.remote import RemoteBlobStore
 from videojobs.worker.protocol import ChildTask
 
 RESULT_FILE_NAME = "results.json"
@@ -154,20 +158,107 @@ def memory_failure(limit_bytes: int) -> dict[str, Any]:
     }
 
 
-def run(task: ChildTask, reporter: LineReporter) -> None:
+def open_task_store(task: ChildTask) -> BlobStore:
+    """The storage of the task: job-service's BlobService (default), or the
+    shared storage named by `storage_url` (the direct optimisation)."""
+    if task.storage_url:
+        return open_blob_store(task.storage_url)
+    return RemoteBlobStore(
+        task.job_service_address,
+        lease_token=task.lease_token,
+        spool_dir=task.spool_dir or None,
+    )
+
+
+class LocalInput:
+    """The task's store, with the job's input read from a local copy that was
+    fetched once, before the memory limit (a remote store would otherwise
+    fetch it again for every pipeline that opens it). Everything else goes to
+    the store itself."""
+
+    def __init__(self, store: BlobStore, input_key: StorageKey, path: str) -> None:
+        self._store = store
+        self._input_key = input_key
+        self._path = path
+
+    def open_read(self, key: StorageKey):
+        """The local copy for the input, the store's object for any other key."""
+        if key == self._input_key:
+            return open(self._path, "rb")  # noqa: SIM115 - the caller closes it
+        return self._store.open_read(key)
+
+    def exists(self, key: StorageKey) -> bool:
+        """The input exists (it was fetched); other keys are asked of the store."""
+        return key == self._input_key or self._store.exists(key)
+
+    def __getattr__(self, name: str):
+        return getattr(self._store, name)
+
+
+@dataclass
+class PreparedTask:
+    """What a task needs before its input is decoded: its store (with the
+    input at hand) and the input's container format."""
+
+    store: BlobStore
+    input_format: str
+    cleanup: list[str] = field(default_factory=list)
+
+    def close(self) -> None:
+        """Removes the local copy of the input and releases the store."""
+        for path in self.cleanup:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        with contextlib.suppress(Exception):
+            self.store.close()
+
+
+def prepare(task: ChildTask) -> PreparedTask:
+    """Opens the task's storage and gets its input ready: through
+    job-service's BlobService, the input is fetched into the spool directory
+    once. Runs before the memory limit: connections, their threads and the
+    fetch cost the same for every job; what an input makes the decoders
+    allocate is what the limit is for."""
+    store = open_task_store(task)
+    input_key = StorageKey(task.input_key)
+    prepared = PreparedTask(store=store, input_format=task.input_format)
+    if isinstance(store, RemoteBlobStore):
+        spool = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below, removed by close()
+            dir=task.spool_dir or None, prefix="input-", delete=False
+        )
+        prepared.cleanup.append(spool.name)
+        try:
+            with spool:
+                store.fetch_into(input_key, spool)
+        except BlobNotFound:
+            raise _input_missing() from None
+        prepared.store = LocalInput(store, input_key, spool.name)
+    elif not store.exists(input_key):
+        raise _input_missing()
+    if not prepared.input_format:
+        with prepared.store.open_read(input_key) as source:
+            prepared.input_format = identify_container(source)
+        log.info(
+            "job %s: no recorded input format; its bytes say %s",
+            task.job_id,
+            prepared.input_format,
+        )
+    return prepared
+
+
+def _input_missing() -> PipelineFailure:
+    return PipelineFailure(
+        "the job's input is missing from storage", code="NOT_FOUND", reason="INPUT_MISSING"
+    )
+
+
+def run(task: ChildTask, reporter: LineReporter, prepared: PreparedTask | None = None) -> None:
     """Runs the task and emits its terminal line."""
-    store = open_blob_store(task.storage_url)
+    prepared = prepared or prepare(task)
+    store = prepared.store
     input_key = StorageKey(task.input_key)
     output_prefix = StorageKey(task.output_prefix)
-    if not store.exists(input_key):
-        raise PipelineFailure(
-            "the job's input is missing from storage", code="NOT_FOUND", reason="INPUT_MISSING"
-        )
-    input_format = task.input_format
-    if not input_format:
-        with store.open_read(input_key) as source:
-            input_format = identify_container(source)
-        log.info("job %s: no recorded input format; its bytes say %s", task.job_id, input_format)
+    input_format = prepared.input_format
     output = run_job(
         builtin_catalogue(),
         split_key(task.pipeline),
@@ -216,13 +307,17 @@ def main() -> int:
     task = ChildTask(**json.loads(sys.stdin.readline()))
     threading.Thread(target=_exit_when_parent_goes, args=(sys.stdin,), daemon=True).start()
     reporter = LineReporter(protocol_out, task.pipeline)
-    # After the imports (their size is the same for every job) and before the
-    # input is touched (what an input makes us allocate is what is limited).
-    apply_memory_limit(task.memory_limit_bytes)
     failure: dict[str, Any]
     out_of_memory: str | None = None
+    prepared: PreparedTask | None = None
     try:
-        run(task, reporter)
+        prepared = prepare(task)
+        # After the imports, the connection and the fetch of the input (the
+        # same for every job) and before the input is decoded (what an input
+        # makes us allocate is what is limited).
+        apply_memory_limit(task.memory_limit_bytes)
+        run(task, reporter, prepared)
+        prepared.close()
         return 0
     except PipelineFailure as exc:
         if exc.reason in _DECODER_FAILURE_REASONS and reached_memory_limit(task.memory_limit_bytes):
@@ -263,6 +358,8 @@ def main() -> int:
     if out_of_memory is not None:
         log.warning("job %s ran out of memory: %s", task.job_id, out_of_memory)
     reporter.emit(failure)
+    if prepared is not None:
+        prepared.close()
     return 0
 
 

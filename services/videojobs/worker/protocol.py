@@ -27,7 +27,9 @@ class ChildTask:
     formats were recorded: the child then identifies it from the input's
     first bytes. `max_frame_pixels` is the largest picture decoded.
     `memory_limit_bytes` caps the child's address space (RLIMIT_AS); 0 means
-    no limit.
+    no limit. An empty `storage_url` means storage is reached through
+    job-service's BlobService at `job_service_address`, proving the job with
+    `lease_token`, with inputs spooled in `spool_dir`.
     """
 
     storage_url: str
@@ -40,6 +42,9 @@ class ChildTask:
     input_format: str
     max_frame_pixels: int
     memory_limit_bytes: int
+    job_service_address: str = ""
+    lease_token: str = ""
+    spool_dir: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""

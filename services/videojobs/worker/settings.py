@@ -6,13 +6,13 @@ import argparse
 import os
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 from videojobs.common.config import (
     DEFAULT_ADDRESS,
     DEFAULT_DATA_DIR,
     DEFAULT_WORKER_LISTEN,
     add_option,
-    storage_dirs,
 )
 from videojobs.pipelines.media import DEFAULT_MAX_FRAME_PIXELS
 
@@ -34,6 +34,9 @@ class WorkerSettings:
 
     address: str
     listen: str
+    # Empty: inputs and outputs go through job-service's BlobService (the
+    # default; the worker needs nothing but job-service's address). A storage
+    # URL: the same storage as job-service's, read and written directly.
     storage_url: str
     worker_id: str
     concurrency: int
@@ -45,6 +48,8 @@ class WorkerSettings:
     # Address-space limit of each pipeline child in MiB; 0: none. The command
     # line always resolves to a limit (see `auto_child_memory_limit_mib`).
     child_memory_limit_mib: int = 0
+    # Where inputs read through BlobService are spooled for the decoders.
+    spool_dir: str = ""
 
     @property
     def child_memory_limit_bytes(self) -> int:
@@ -95,14 +100,15 @@ def parse_settings(argv: list[str] | None = None) -> WorkerSettings:
         "--data-dir",
         "VIDEOJOBS_DATA_DIR",
         DEFAULT_DATA_DIR,
-        "data directory shared with job-service (storage lives inside)",
+        "local working directory: inputs fetched from job-service are spooled in <data dir>/spool",
     )
     add_option(
         parser,
         "--storage-url",
         "VIDEOJOBS_STORAGE_URL",
         "",
-        "storage root, the same as job-service's (default: <data dir>/storage)",
+        "job-service's own storage (a directory, file:// or s3:// URL) to read and write "
+        "directly; default: through job-service's BlobService, which needs only --address",
     )
     add_option(
         parser, "--worker-id", "VIDEOJOBS_WORKER_ID", "", "unique worker name (default: host-pid)"
@@ -156,12 +162,13 @@ def parse_settings(argv: list[str] | None = None) -> WorkerSettings:
     child_memory_limit_mib = args.child_memory_limit_mib or auto_child_memory_limit_mib(
         args.concurrency
     )
-    _, storage_url = storage_dirs(args.data_dir, "unused", args.storage_url)
+    spool_dir = Path(args.data_dir).expanduser().resolve() / "spool"
+    spool_dir.mkdir(parents=True, exist_ok=True)
     pipelines = tuple(p.strip() for p in args.pipelines.split(",") if p.strip())
     return WorkerSettings(
         address=args.address,
         listen=args.listen,
-        storage_url=storage_url,
+        storage_url=args.storage_url,
         worker_id=args.worker_id or default_worker_id(),
         concurrency=args.concurrency,
         pipelines=pipelines,
@@ -169,4 +176,5 @@ def parse_settings(argv: list[str] | None = None) -> WorkerSettings:
         log_level=args.log_level,
         max_frame_pixels=args.max_frame_pixels,
         child_memory_limit_mib=child_memory_limit_mib,
+        spool_dir=str(spool_dir),
     )

@@ -20,7 +20,7 @@ class SubmitVideoRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
 class UploadHeader(_message.Message):
-    __slots__ = ("file_name", "pipeline", "parameters", "request_id", "expected_size_bytes", "expected_sha256", "max_attempts", "priority", "execution_timeout", "queue_timeout", "pipelines")
+    __slots__ = ("file_name", "pipeline", "parameters", "request_id", "expected_size_bytes", "expected_sha256", "max_attempts", "priority", "execution_timeout", "queue_timeout", "pipelines", "upload_key")
     FILE_NAME_FIELD_NUMBER: _ClassVar[int]
     PIPELINE_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +32,7 @@ class UploadHeader(_message.Message):
     EXECUTION_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     QUEUE_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     PIPELINES_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_KEY_FIELD_NUMBER: _ClassVar[int]
     file_name: str
     pipeline: str
     parameters: _struct_pb2.Struct
@@ -43,7 +44,8 @@ class UploadHeader(_message.Message):
     execution_timeout: _duration_pb2.Duration
     queue_timeout: _duration_pb2.Duration
     pipelines: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, file_name: _Optional[str] = ..., pipeline: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., request_id: _Optional[str] = ..., expected_size_bytes: _Optional[int] = ..., expected_sha256: _Optional[str] = ..., max_attempts: _Optional[int] = ..., priority: _Optional[int] = ..., execution_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., queue_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., pipelines: _Optional[_Iterable[str]] = ...) -> None: ...
+    upload_key: str
+    def __init__(self, file_name: _Optional[str] = ..., pipeline: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., request_id: _Optional[str] = ..., expected_size_bytes: _Optional[int] = ..., expected_sha256: _Optional[str] = ..., max_attempts: _Optional[int] = ..., priority: _Optional[int] = ..., execution_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., queue_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., pipelines: _Optional[_Iterable[str]] = ..., upload_key: _Optional[str] = ...) -> None: ...
 
 class SubmitVideoResponse(_message.Message):
     __slots__ = ("job",)
@@ -110,3 +112,15 @@ class CancelJobResponse(_message.Message):
     JOB_FIELD_NUMBER: _ClassVar[int]
     job: _job_pb2.Job
     def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ...) -> None: ...
+
+class DeleteJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class DeleteJobResponse(_message.Message):
+    __slots__ = ("deleted_blobs",)
+    DELETED_BLOBS_FIELD_NUMBER: _ClassVar[int]
+    deleted_blobs: int
+    def __init__(self, deleted_blobs: _Optional[int] = ...) -> None: ...

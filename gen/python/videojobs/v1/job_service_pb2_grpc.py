@@ -63,6 +63,11 @@ class JobServiceStub:
                 request_serializer=videojobs_dot_v1_dot_job__service__pb2.CancelJobRequest.SerializeToString,
                 response_deserializer=videojobs_dot_v1_dot_job__service__pb2.CancelJobResponse.FromString,
                 _registered_method=True)
+        self.DeleteJob = channel.unary_unary(
+                '/videojobs.v1.JobService/DeleteJob',
+                request_serializer=videojobs_dot_v1_dot_job__service__pb2.DeleteJobRequest.SerializeToString,
+                response_deserializer=videojobs_dot_v1_dot_job__service__pb2.DeleteJobResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -155,8 +160,24 @@ class JobServiceServicer:
         """Cancels a job. A queued job is cancelled at once; a running one is marked
         CANCELLED at once and its worker is told to stop.
 
-        Errors: NOT_FOUND for an unknown job, FAILED_PRECONDITION for a job that
-        already ended (the details carry its state).
+        Errors: INVALID_ARGUMENT for a malformed `job_id` or a `reason` over
+        its bound or holding control characters; NOT_FOUND for an unknown job;
+        FAILED_PRECONDITION for a job that already ended (the details carry its
+        state).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteJob(self, request, context):
+        """Deletes a job that ended: its rows, its events and every stored object
+        under its prefix (input, results, artifacts). Live jobs cannot be
+        deleted; cancel them first. Jobs are also deleted by the server's
+        retention policy (see README, Retention).
+
+        Errors: INVALID_ARGUMENT for a malformed `job_id`, NOT_FOUND for an
+        unknown job, FAILED_PRECONDITION (reason JOB_NOT_ENDED) for a job that is
+        queued or running.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -189,6 +210,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.CancelJob,
                     request_deserializer=videojobs_dot_v1_dot_job__service__pb2.CancelJobRequest.FromString,
                     response_serializer=videojobs_dot_v1_dot_job__service__pb2.CancelJobResponse.SerializeToString,
+            ),
+            'DeleteJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteJob,
+                    request_deserializer=videojobs_dot_v1_dot_job__service__pb2.DeleteJobRequest.FromString,
+                    response_serializer=videojobs_dot_v1_dot_job__service__pb2.DeleteJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -330,6 +356,33 @@ class JobService:
             '/videojobs.v1.JobService/CancelJob',
             videojobs_dot_v1_dot_job__service__pb2.CancelJobRequest.SerializeToString,
             videojobs_dot_v1_dot_job__service__pb2.CancelJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/videojobs.v1.JobService/DeleteJob',
+            videojobs_dot_v1_dot_job__service__pb2.DeleteJobRequest.SerializeToString,
+            videojobs_dot_v1_dot_job__service__pb2.DeleteJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,6 +8,7 @@ from typing import Any
 from google.protobuf import any_pb2, duration_pb2, json_format, struct_pb2, timestamp_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from videojobs.common import errors
 from videojobs.common.errors import ERROR_DOMAIN
 from videojobs.jobservice import domain
 from videojobs.v1 import job_pb2
@@ -20,6 +21,8 @@ STATE_TO_PROTO = {
     domain.JobState.CANCELLED: job_pb2.JOB_STATE_CANCELLED,
 }
 STATE_FROM_PROTO = {value: key for key, value in STATE_TO_PROTO.items()}
+# google.protobuf.Duration's own range (about 10,000 years).
+MAX_DURATION_SECONDS = 315_576_000_000
 
 
 def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -65,9 +68,33 @@ def struct(value: dict[str, Any] | None) -> struct_pb2.Struct | None:
     return message
 
 
-def struct_to_dict(message: struct_pb2.Struct) -> dict[str, Any]:
-    """A JSON-shaped dict from a Struct."""
-    return json_format.MessageToDict(message)
+def struct_to_dict(message: struct_pb2.Struct, field: str = "struct") -> dict[str, Any]:
+    """A JSON-shaped dict from a Struct that arrived in a request.
+
+    A Struct can hold what JSON cannot (NaN, infinities): INVALID_ARGUMENT
+    naming `field`, never an unexpected error."""
+    try:
+        return json_format.MessageToDict(message)
+    except (ValueError, TypeError, RecursionError):
+        raise errors.invalid_argument(
+            "a structured value is not valid JSON",
+            [(field, "numbers must be finite (no NaN or Infinity)")],
+        ) from None
+
+
+def seconds_or_none(message, field_name: str, field_path: str) -> float | None:
+    """A request's Duration field in seconds, or None when it is unset;
+    INVALID_ARGUMENT naming `field_path` for a value no Duration may hold."""
+    if not message.HasField(field_name):
+        return None
+    value = getattr(message, field_name)
+    if not -MAX_DURATION_SECONDS <= value.seconds <= MAX_DURATION_SECONDS or not (
+        -999_999_999 <= value.nanos <= 999_999_999
+    ):
+        raise errors.invalid_argument(
+            "a duration is out of range", [(field_path, "not a valid google.protobuf.Duration")]
+        )
+    return value.seconds + value.nanos / 1e9
 
 
 def error_status(
@@ -125,6 +152,7 @@ def job(value: domain.Job) -> job_pb2.Job:
         pipelines=value.pipeline.split("+"),
         warnings=list(value.warnings),
         input_format=value.input_format,
+        input_remove_time=timestamp(value.input_removed_at),
     )
     if value.error is not None:
         message.error.CopyFrom(

@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from google.protobuf import duration_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2
 
 from videojobs.common import errors
@@ -134,10 +135,11 @@ class DispatchServicer(dispatch_service_pb2_grpc.DispatchServiceServicer):
             # The reader ended: the worker closed its side, its connection
             # broke, or it sent something malformed (which the worker hears).
             failure = None if reader.cancelled() else reader.exception()
-            if isinstance(failure, errors.ServiceError):
-                raise failure
             if failure is not None:
-                log.info("stream of worker %s broke: %r", session.worker_id, failure)
+                # A malformed message (ServiceError, or one protobuf cannot
+                # parse), a full database, or a bug: the stream ends with its
+                # status (see maps_service_errors), never silently with OK.
+                raise failure
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -187,7 +189,9 @@ class DispatchServicer(dispatch_service_pb2_grpc.DispatchServiceServicer):
                 # Converted only when it may be recorded: an oversized one is
                 # refused by its size alone.
                 data = (
-                    convert.struct_to_dict(report.partial_result.data)
+                    convert.struct_to_dict(
+                        report.partial_result.data, "partial_result.partial_result.data"
+                    )
                     if size <= coordinator.max_partial_result_bytes
                     else {}
                 )
@@ -223,7 +227,7 @@ class DispatchServicer(dispatch_service_pb2_grpc.DispatchServiceServicer):
                     report.lease_token,
                     output_key,
                     artifacts,
-                    convert.struct_to_dict(report.summary),
+                    convert.struct_to_dict(report.summary, "completion.summary"),
                     list(report.warnings),
                     summary_bytes=report.summary.ByteSize(),
                     report_bytes=report.ByteSize(),
@@ -257,7 +261,11 @@ def _failure_error(report: pb.JobFailureReport) -> errors.ServiceError:
     reason, metadata = "PIPELINE_FAILED", {}
     for detail in status.details:
         info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
+        try:
+            unpacked = detail.Unpack(info)
+        except DecodeError:
+            continue  # a detail that does not decode says nothing
+        if unpacked:
             reason, metadata = info.reason or reason, dict(info.metadata)
             break
     return errors.ServiceError(

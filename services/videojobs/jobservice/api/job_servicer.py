@@ -11,6 +11,7 @@ from videojobs.jobservice.cancel import CancelService
 from videojobs.jobservice.events import EventFeed
 from videojobs.jobservice.limits import MAX_LIST_PAGE_BYTES
 from videojobs.jobservice.queries import JobQueries
+from videojobs.jobservice.retention import JobDeletion
 from videojobs.jobservice.submit import SubmitService, UploadHeader
 from videojobs.jobservice.upload_admission import with_idle_timeout
 from videojobs.v1 import job_service_pb2, job_service_pb2_grpc
@@ -25,11 +26,13 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         queries: JobQueries,
         feed: EventFeed,
         cancel: CancelService,
+        deletion: JobDeletion,
     ) -> None:
         self._submit = submit
         self._queries = queries
         self._feed = feed
         self._cancel = cancel
+        self._deletion = deletion
         self.accepting_submits = True
 
     @maps_service_errors
@@ -49,15 +52,20 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         upload = UploadHeader(
             file_name=header.file_name,
             pipeline=header.pipeline,
-            parameters=convert.struct_to_dict(header.parameters),
+            parameters=convert.struct_to_dict(header.parameters, "header.parameters"),
             request_id=header.request_id,
             expected_size_bytes=header.expected_size_bytes,
             expected_sha256=header.expected_sha256,
             max_attempts=header.max_attempts,
             priority=header.priority,
-            execution_timeout_seconds=_seconds_or_none(header, "execution_timeout"),
-            queue_timeout_seconds=_seconds_or_none(header, "queue_timeout"),
+            execution_timeout_seconds=convert.seconds_or_none(
+                header, "execution_timeout", "header.execution_timeout"
+            ),
+            queue_timeout_seconds=convert.seconds_or_none(
+                header, "queue_timeout", "header.queue_timeout"
+            ),
             pipelines=tuple(header.pipelines),
+            upload_key=header.upload_key,
         )
         job = await self._submit.submit(upload, _chunks(request_iterator), context.peer())
         return job_service_pb2.SubmitVideoResponse(job=convert.job(job))
@@ -104,12 +112,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         job = await self._cancel.cancel(request.job_id, request.reason)
         return job_service_pb2.CancelJobResponse(job=convert.job(job))
 
-
-def _seconds_or_none(message, field_name: str) -> float | None:
-    """A Duration field in seconds, or None when it is unset."""
-    if not message.HasField(field_name):
-        return None
-    return getattr(message, field_name).ToTimedelta().total_seconds()
+    @maps_service_errors
+    async def DeleteJob(self, request, context) -> job_service_pb2.DeleteJobResponse:
+        removed = await self._deletion.delete(request.job_id)
+        return job_service_pb2.DeleteJobResponse(deleted_blobs=removed)
 
 
 async def _chunks(request_iterator) -> AsyncIterator[bytes]:

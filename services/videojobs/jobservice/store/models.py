@@ -77,6 +77,8 @@ class JobRow(Base):
     # Container format identified from the uploaded bytes (containers.py name);
     # NULL for jobs accepted before formats were recorded (migration 0005).
     input_format: Mapped[str | None] = mapped_column(String(16))
+    # When retention removed the input of this FAILED/CANCELLED job (0006).
+    input_removed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     output_key: Mapped[str | None] = mapped_column(String(1024))
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     warnings: Mapped[list[str] | None] = mapped_column(JSON)
@@ -115,6 +117,7 @@ class JobRow(Base):
         Index("ix_jobs_state_lease_expires_at", "state", "lease_expires_at"),
         Index("ix_jobs_state_execution_deadline_at", "state", "execution_deadline_at"),
         Index("ix_jobs_state_queue_deadline_at", "state", "queue_deadline_at"),
+        Index("ix_jobs_state_updated_at", "state", "updated_at"),
     )
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Text, cast, func, select, type_coerce, update
+from sqlalchemy import Text, cast, delete, func, select, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from videojobs.jobservice.domain import (
@@ -121,6 +121,31 @@ class JobRepository:
         """Bytes of every job's stored input (what the storage quota counts)."""
         total = (await self.session.execute(select(func.sum(JobRow.input_size_bytes)))).scalar()
         return int(total or 0)
+
+    async def ended_before(
+        self, states: Sequence[JobState], cutoff: datetime, limit: int, *, input_kept: bool = False
+    ) -> list[JobRow]:
+        """Jobs in one of `states` (terminal ones) that ended before `cutoff`,
+        oldest first; with `input_kept`, only those whose input is still stored.
+
+        Counted from the row's last change, which for a terminal job is when
+        it ended here: an imported job keeps its legacy end time in `ended_at`
+        but counts from its import."""
+        statement = (
+            select(JobRow)
+            .where(JobRow.state.in_([s.value for s in states]), JobRow.updated_at < cutoff)
+            .order_by(JobRow.updated_at)
+            .limit(limit)
+        )
+        if input_kept:
+            statement = statement.where(JobRow.input_removed_at.is_(None))
+        return list((await self.session.execute(statement)).scalars().all())
+
+    async def delete_job(self, job_id: str) -> None:
+        """Deletes a job's rows: events, attempts, artifacts and the job."""
+        for table in (EventRow, AttemptRow, ArtifactRow):
+            await self.session.execute(delete(table).where(table.job_id == job_id))
+        await self.session.execute(delete(JobRow).where(JobRow.job_id == job_id))
 
     async def existing_job_ids(self, job_ids: Iterable[str]) -> set[str]:
         """Which of `job_ids` have a job row."""
@@ -452,6 +477,7 @@ def _to_job(
         worker_id=row.worker_id,
         lease_token=row.lease_token,
         input_format=row.input_format or "",
+        input_removed_at=row.input_removed_at,
     )
 
 

@@ -1,0 +1,369 @@
+"""BlobService's logic: who may touch which key, and moving the bytes.
+
+Reads stream from the BlobStore a chunk at a time (never a whole object in
+memory); writes are resumable writes of the store, one stream per key at a
+time. Staged uploads (`uploads/{id}`) are checked as they arrive, like a
+SubmitVideo stream: their first bytes must start an allowed container and
+they may not grow past the largest upload.
+
+Access rules (see proto/videojobs/v1/blob_service.proto): the input of any
+job and the outputs of a job that SUCCEEDED may be read; a worker holding a
+job's current lease may read its input and read and write under the
+attempt's prefix; staged uploads may be written, queried and read by anyone.
+Everything else reads as NOT_FOUND (existence never leaks) and writes as
+PERMISSION_DENIED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from videojobs.common import errors
+from videojobs.jobservice.domain import (
+    JobState,
+    attempt_prefix_for,
+    is_staged_upload_key,
+    job_id_of,
+)
+from videojobs.jobservice.limits import MAX_CHUNK_BYTES, MAX_LEASE_TOKEN_CHARS
+from videojobs.jobservice.store import Database
+from videojobs.jobservice.upload_admission import StorageBudget, UploadAdmission
+from videojobs.pipelines.containers import (
+    SNIFF_BYTES,
+    NotAContainer,
+    UnsupportedContainer,
+    sniff_container,
+)
+from videojobs.storage import BlobNotFound, BlobStore, InvalidStorageKey, StorageKey
+from videojobs.storage.blobstore import ResumableWriter
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK_BYTES = 1024 * 1024
+# A resumable stream makes its bytes durable (fsync, a finished part) at
+# least this often, so a broken stream loses little.
+CHECKPOINT_EVERY_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BlobInfoView:
+    """What GetBlobInfo answers."""
+
+    key: StorageKey
+    size_bytes: int
+    modified_at: datetime | None
+
+
+@dataclass(frozen=True)
+class WriteStatus:
+    """Committed bytes of a write and whether it is complete."""
+
+    committed_size: int
+    complete: bool
+
+
+@dataclass(frozen=True)
+class WriteChunk:
+    """One message of a Write stream, as plain values."""
+
+    key: str
+    offset: int
+    data: bytes
+    finish: bool
+
+
+def parse_key(value: str, field: str = "key") -> StorageKey:
+    """A StorageKey, or INVALID_ARGUMENT naming `field`."""
+    try:
+        return StorageKey(value)
+    except InvalidStorageKey as exc:
+        raise errors.invalid_argument(
+            "the key is not a valid relative storage key",
+            [(field, exc.reason)],
+            reason="INVALID_STORAGE_KEY",
+        ) from None
+
+
+def _not_found(key: StorageKey) -> errors.ServiceError:
+    return errors.not_found(f"no object {key.value!r} that this caller may read", "BLOB_NOT_FOUND")
+
+
+def _not_writable(key: StorageKey) -> errors.ServiceError:
+    return errors.ServiceError(
+        f"this caller may not write {key.value!r}",
+        "PERMISSION_DENIED",
+        "KEY_NOT_WRITABLE",
+    )
+
+
+class BlobAccess:
+    """Application service behind BlobService."""
+
+    def __init__(
+        self,
+        database: Database,
+        blob_store: BlobStore,
+        *,
+        max_upload_bytes: int,
+        admission: UploadAdmission,
+        budget: StorageBudget,
+    ) -> None:
+        self._database = database
+        self._store = blob_store
+        self._max_upload_bytes = max_upload_bytes
+        self._admission = admission
+        self._budget = budget
+        self._writing: set[str] = set()
+
+    # -- who may touch what ----------------------------------------------------
+
+    async def _lease_prefix(self, job_id: str, lease_token: str) -> StorageKey | None:
+        """The output prefix of the attempt `lease_token` currently holds on
+        `job_id`, or None."""
+        if not lease_token or len(lease_token) > MAX_LEASE_TOKEN_CHARS:
+            return None
+        async with self._database.reading() as repository:
+            row = await repository.get_row(job_id)
+        if row is None or row.state != JobState.RUNNING.value or row.lease_token != lease_token:
+            return None
+        return attempt_prefix_for(job_id, row.attempt)
+
+    async def may_read(self, key: StorageKey, lease_token: str = "") -> bool:
+        """Whether the caller may read `key` (see the module docstring)."""
+        if is_staged_upload_key(key):
+            return True
+        job_id = job_id_of(key)
+        if job_id is None:
+            return False
+        async with self._database.reading() as repository:
+            job = await repository.get(job_id)
+        if job is None:
+            return False
+        if key == job.input_key:
+            return True
+        if job.state is JobState.SUCCEEDED and job.output_key is not None:
+            winner = StorageKey(job.output_key.value.rsplit("/", 1)[0])
+            if key.is_within(winner):
+                return True
+        prefix = await self._lease_prefix(job_id, lease_token)
+        return prefix is not None and key.is_within(prefix)
+
+    async def may_write(self, key: StorageKey, lease_token: str = "") -> bool:
+        """Whether the caller may write `key`."""
+        if is_staged_upload_key(key):
+            return True
+        job_id = job_id_of(key)
+        if job_id is None:
+            return False
+        prefix = await self._lease_prefix(job_id, lease_token)
+        return prefix is not None and key.is_within(prefix)
+
+    # -- reads -------------------------------------------------------------------
+
+    async def info(self, key_text: str, lease_token: str = "") -> BlobInfoView:
+        """Size and time of a readable object, or NOT_FOUND."""
+        key = parse_key(key_text)
+        if not await self.may_read(key, lease_token):
+            raise _not_found(key)
+        try:
+            info = await asyncio.to_thread(self._store.stat, key)
+        except BlobNotFound:
+            raise _not_found(key) from None
+        return BlobInfoView(key, info.size_bytes, info.modified_at)
+
+    async def read(
+        self, key_text: str, offset: int, limit: int, lease_token: str = ""
+    ) -> AsyncIterator[tuple[bytes, int]]:
+        """(chunk, object size) pairs of a readable object from `offset`, at
+        most `limit` bytes (0: to the end). Chunks of at most 1 MiB are read
+        one at a time, so memory stays flat whatever the object's size."""
+        key = parse_key(key_text)
+        violations = []
+        if offset < 0:
+            violations.append(("read_offset", "must not be negative"))
+        if limit < 0:
+            violations.append(("read_limit", "must not be negative"))
+        if violations:
+            raise errors.invalid_argument("the read range is invalid", violations)
+        if not await self.may_read(key, lease_token):
+            raise _not_found(key)
+        try:
+            source = await asyncio.to_thread(self._store.open_read, key)
+        except BlobNotFound:
+            raise _not_found(key) from None
+        try:
+            size = await asyncio.to_thread(_size_of, source)
+            if offset > size:
+                raise errors.invalid_argument(
+                    "read_offset is past the end of the object",
+                    [("read_offset", f"the object holds {size} bytes")],
+                )
+            await asyncio.to_thread(source.seek, offset)
+            remaining = size - offset if limit == 0 else min(limit, size - offset)
+            first = True
+            while remaining > 0 or first:
+                wanted = min(READ_CHUNK_BYTES, remaining)
+                chunk = await asyncio.to_thread(source.read, wanted) if wanted else b""
+                if wanted and not chunk:
+                    break  # the object shrank under us: end here
+                remaining -= len(chunk)
+                yield chunk, size
+                first = False
+        finally:
+            await asyncio.to_thread(source.close)
+
+    # -- writes ------------------------------------------------------------------
+
+    async def status(self, key_text: str, lease_token: str = "") -> WriteStatus:
+        """Committed bytes of a write of `key`, and whether it is complete."""
+        key = parse_key(key_text)
+        if not await self.may_write(key, lease_token):
+            raise _not_writable(key)
+        return await self._status(key)
+
+    async def _status(self, key: StorageKey) -> WriteStatus:
+        committed = await asyncio.to_thread(self._store.resumable_status, key)
+        if committed is not None:
+            return WriteStatus(committed, False)
+        try:
+            info = await asyncio.to_thread(self._store.stat, key)
+        except BlobNotFound:
+            return WriteStatus(0, False)
+        return WriteStatus(info.size_bytes, True)
+
+    async def write(
+        self, messages: AsyncIterator[WriteChunk], lease_token: str = "", peer: str = ""
+    ) -> WriteStatus:
+        """Applies one Write stream; see the .proto for the rules."""
+        first = await anext(messages, None)
+        if first is None:
+            raise errors.invalid_argument(
+                "the write stream is empty", [("key", "the first message must name the key")]
+            )
+        key = parse_key(first.key)
+        if not await self.may_write(key, lease_token):
+            raise _not_writable(key)
+        staged = is_staged_upload_key(key)
+        if key.value in self._writing:
+            raise errors.ServiceError(
+                f"another stream is writing {key.value!r}", "ABORTED", "WRITE_IN_PROGRESS"
+            )
+        self._writing.add(key.value)
+        try:
+            with contextlib.ExitStack() as stack:
+                if staged:
+                    stack.enter_context(self._admission.admit(peer))
+                    reservation = stack.enter_context(self._budget.reserve())
+                else:
+                    reservation = None
+                return await self._write(key, first, messages, staged, reservation)
+        finally:
+            self._writing.discard(key.value)
+
+    async def _write(self, key, first, messages, staged: bool, reservation) -> WriteStatus:
+        status = await self._status(key)
+        if status.complete and staged:
+            raise errors.already_exists(
+                f"the upload {key.value!r} is already complete", "UPLOAD_COMPLETE"
+            )
+        writer: ResumableWriter = await asyncio.to_thread(self._store.open_resumable, key)
+        finished = False
+        try:
+            # A staged upload's first bytes are held back until they are
+            # checked, so an earlier stream committed either nothing or more
+            # than the head: `pending` is never split across streams.
+            pending = b""
+            checked = not staged or writer.committed_size > 0
+            last_checkpoint = writer.committed_size
+            message = first
+            while message is not None:
+                if finished:
+                    raise errors.invalid_argument(
+                        "data after finish_write", [("finish_write", "was already set")]
+                    )
+                if message.key and message.key != key.value:
+                    raise errors.invalid_argument(
+                        "a write stream names one key", [("key", "differs from the first message")]
+                    )
+                stands_at = writer.size_bytes + len(pending)
+                if message.offset != stands_at:
+                    raise errors.invalid_argument(
+                        "write_offset is not where the write stands",
+                        [("write_offset", f"the write stands at {stands_at} bytes")],
+                    )
+                if len(message.data) > MAX_CHUNK_BYTES:
+                    raise errors.resource_exhausted(
+                        f"a chunk may hold at most {MAX_CHUNK_BYTES} bytes", "CHUNK_TOO_LARGE"
+                    )
+                if staged and stands_at + len(message.data) > self._max_upload_bytes:
+                    raise errors.resource_exhausted(
+                        f"the upload is larger than this server accepts "
+                        f"({self._max_upload_bytes} bytes)",
+                        "UPLOAD_TOO_LARGE",
+                        max_upload_bytes=str(self._max_upload_bytes),
+                    )
+                data = message.data
+                if not checked:
+                    pending += data
+                    if len(pending) < SNIFF_BYTES and not message.finish:
+                        message = await anext(messages, None)
+                        continue
+                    _check_head(pending[:SNIFF_BYTES])
+                    checked = True
+                    data, pending = pending, b""
+                if data:
+                    await asyncio.to_thread(writer.write, data)
+                    if reservation is not None:
+                        await reservation.wrote(writer.size_bytes)
+                if writer.size_bytes - last_checkpoint >= CHECKPOINT_EVERY_BYTES:
+                    last_checkpoint = await asyncio.to_thread(writer.checkpoint)
+                if message.finish:
+                    await asyncio.to_thread(writer.finish)
+                    finished = True
+                message = await anext(messages, None)
+        except errors.ServiceError as exc:
+            if exc.reason in ("NOT_A_VIDEO", "UNSUPPORTED_CONTAINER", "UPLOAD_TOO_LARGE"):
+                # A refused upload keeps nothing, committed bytes included.
+                await asyncio.to_thread(writer.abort)
+            else:
+                await asyncio.to_thread(writer.close)
+            raise
+        except BaseException:
+            if not finished:
+                await asyncio.shield(asyncio.to_thread(writer.close))
+            raise
+        if finished:
+            size = writer.size_bytes
+            log.info("blob %s written (%d bytes)", key.value, size)
+            return WriteStatus(size, True)
+        committed = await asyncio.to_thread(writer.close)
+        return WriteStatus(committed, False)
+
+
+def _check_head(head: bytes) -> None:
+    try:
+        sniff_container(head)
+    except UnsupportedContainer as exc:
+        raise errors.invalid_argument(
+            f"the upload is {exc.format_label}, which is not accepted",
+            [("data", f"{exc.format_label}: {exc.why}; upload a single-file video container")],
+            reason="UNSUPPORTED_CONTAINER",
+        ) from None
+    except NotAContainer:
+        raise errors.invalid_argument(
+            "the upload is not a video container",
+            [("data", "the first bytes start no supported container")],
+            reason="NOT_A_VIDEO",
+        ) from None
+
+
+def _size_of(source) -> int:
+    position = source.tell()
+    size = source.seek(0, 2)
+    source.seek(position)
+    return size
