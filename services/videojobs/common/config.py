@@ -45,6 +45,21 @@ def add_option(
     )
 
 
+def env_flag(name: str) -> bool:
+    """Whether environment variable `name` is set to a true value (1, true, yes, on)."""
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def add_flag(parser: argparse.ArgumentParser, flag: str, env: str, help_text: str) -> None:
+    """Adds an on/off `--flag`, also switched on by `env` (1, true, yes, on)."""
+    parser.add_argument(
+        flag,
+        action="store_true",
+        default=env_flag(env),
+        help=f"{help_text} [env {env}=1]",
+    )
+
+
 def storage_dirs(
     data_dir: str, database_url: str | None, storage_url: str | None
 ) -> tuple[str, str]:

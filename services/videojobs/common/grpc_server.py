@@ -58,9 +58,15 @@ async def mark_not_serving(servicer: health.aio.HealthServicer, service_names: l
         await servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
 
-def bind(server: grpc.aio.Server, address: str) -> str:
-    """Binds `address` (port 0 picks a free one) and returns the address actually bound."""
-    port = server.add_insecure_port(address)
+def bind(
+    server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None = None
+) -> str:
+    """Binds `address` (port 0 picks a free one), with TLS when `credentials`
+    are given, and returns the address actually bound."""
+    if credentials is not None:
+        port = server.add_secure_port(address, credentials)
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     host = address.rsplit(":", 1)[0]

@@ -6,12 +6,13 @@ time. Staged uploads (`uploads/{id}`) are checked as they arrive, like a
 SubmitVideo stream: their first bytes must start an allowed container and
 they may not grow past the largest upload.
 
-Access rules (see proto/videojobs/v1/blob_service.proto): the input of any
-job and the outputs of a job that SUCCEEDED may be read; a worker holding a
-job's current lease may read its input and read and write under the
-attempt's prefix; staged uploads may be written, queried and read by anyone.
-Everything else reads as NOT_FOUND (existence never leaks) and writes as
-PERMISSION_DENIED.
+Access rules (see proto/videojobs/v1/blob_service.proto): a client may read
+the input of its tenant's jobs and the outputs of those that SUCCEEDED (an
+administrator: of every tenant's); a worker holding a job's current lease may
+read its input and read and write under the attempt's prefix; a staged upload
+(`uploads/{id}`) belongs to the tenant that first wrote it, which alone may
+write, query, read and submit it. Everything else reads as NOT_FOUND
+(existence never leaks) and writes as PERMISSION_DENIED.
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy.exc import IntegrityError
+
 from videojobs.common import errors
+from videojobs.common.auth import LOCAL_PRINCIPAL, Principal, Role
 from videojobs.jobservice.domain import (
     JobState,
     attempt_prefix_for,
@@ -131,44 +135,88 @@ class BlobAccess:
             row = await repository.get_row(job_id)
         if row is None or row.state != JobState.RUNNING.value or row.lease_token != lease_token:
             return None
-        return attempt_prefix_for(job_id, row.attempt)
+        return attempt_prefix_for(job_id, row.attempt, row.tenant)
 
-    async def may_read(self, key: StorageKey, lease_token: str = "") -> bool:
+    async def may_read(
+        self, key: StorageKey, principal: Principal = LOCAL_PRINCIPAL, lease_token: str = ""
+    ) -> bool:
         """Whether the caller may read `key` (see the module docstring)."""
         if is_staged_upload_key(key):
-            return True
+            return await self._owns_upload(key, principal)
         job_id = job_id_of(key)
         if job_id is None:
             return False
-        async with self._database.reading() as repository:
-            job = await repository.get(job_id)
-        if job is None:
-            return False
-        if key == job.input_key:
-            return True
-        if job.state is JobState.SUCCEEDED and job.output_key is not None:
-            winner = StorageKey(job.output_key.value.rsplit("/", 1)[0])
-            if key.is_within(winner):
+        if principal.role is not Role.WORKER:
+            async with self._database.reading() as repository:
+                job = await repository.get(job_id)
+            if job is None or not principal.sees_tenant(job.tenant):
+                return False
+            if key == job.input_key:
                 return True
+            if job.state is JobState.SUCCEEDED and job.output_key is not None:
+                winner = StorageKey(job.output_key.value.rsplit("/", 1)[0])
+                if key.is_within(winner):
+                    return True
+            if principal.role is Role.CLIENT:
+                return False
+        prefix = await self._lease_prefix(job_id, lease_token)
+        return prefix is not None and (key.is_within(prefix) or await self._is_input(job_id, key))
+
+    async def _is_input(self, job_id: str, key: StorageKey) -> bool:
+        async with self._database.reading() as repository:
+            row = await repository.get_row(job_id)
+        return row is not None and row.input_key == key.value
+
+    async def _owns_upload(self, key: StorageKey, principal: Principal) -> bool:
+        """Whether the staged upload belongs to the principal's tenant (an
+        upload nobody wrote yet belongs to nobody)."""
+        if principal.role is Role.WORKER:
+            return False
+        async with self._database.reading() as repository:
+            owner = await repository.staged_upload_owner(key.value)
+        return owner is not None and (principal.is_admin or owner == principal.tenant)
+
+    async def may_write(
+        self, key: StorageKey, principal: Principal = LOCAL_PRINCIPAL, lease_token: str = ""
+    ) -> bool:
+        """Whether the caller may write `key`: a staged upload its tenant owns
+        (or nobody owns yet), or a key under the prefix of a lease it holds."""
+        if is_staged_upload_key(key):
+            if principal.role is Role.WORKER:
+                return False
+            async with self._database.reading() as repository:
+                owner = await repository.staged_upload_owner(key.value)
+            return owner is None or owner == principal.tenant
+        if principal.role is Role.CLIENT:
+            return False
+        job_id = job_id_of(key)
+        if job_id is None:
+            return False
         prefix = await self._lease_prefix(job_id, lease_token)
         return prefix is not None and key.is_within(prefix)
 
-    async def may_write(self, key: StorageKey, lease_token: str = "") -> bool:
-        """Whether the caller may write `key`."""
-        if is_staged_upload_key(key):
-            return True
-        job_id = job_id_of(key)
-        if job_id is None:
-            return False
-        prefix = await self._lease_prefix(job_id, lease_token)
-        return prefix is not None and key.is_within(prefix)
+    async def _claim_upload(self, key: StorageKey, principal: Principal) -> None:
+        """Makes the principal's tenant the owner of a new staged upload; a
+        race lost to another tenant is PERMISSION_DENIED like any other key."""
+        try:
+            async with self._database.transaction() as repository:
+                if await repository.staged_upload_owner(key.value) is None:
+                    await repository.claim_staged_upload(key.value, principal.tenant)
+        except IntegrityError:
+            pass
+        async with self._database.reading() as repository:
+            owner = await repository.staged_upload_owner(key.value)
+        if owner != principal.tenant:
+            raise _not_writable(key)
 
     # -- reads -------------------------------------------------------------------
 
-    async def info(self, key_text: str, lease_token: str = "") -> BlobInfoView:
+    async def info(
+        self, key_text: str, principal: Principal = LOCAL_PRINCIPAL, lease_token: str = ""
+    ) -> BlobInfoView:
         """Size and time of a readable object, or NOT_FOUND."""
         key = parse_key(key_text)
-        if not await self.may_read(key, lease_token):
+        if not await self.may_read(key, principal, lease_token):
             raise _not_found(key)
         try:
             info = await asyncio.to_thread(self._store.stat, key)
@@ -177,7 +225,12 @@ class BlobAccess:
         return BlobInfoView(key, info.size_bytes, info.modified_at)
 
     async def read(
-        self, key_text: str, offset: int, limit: int, lease_token: str = ""
+        self,
+        key_text: str,
+        offset: int,
+        limit: int,
+        principal: Principal = LOCAL_PRINCIPAL,
+        lease_token: str = "",
     ) -> AsyncIterator[tuple[bytes, int]]:
         """(chunk, object size) pairs of a readable object from `offset`, at
         most `limit` bytes (0: to the end). Chunks of at most 1 MiB are read
@@ -190,7 +243,7 @@ class BlobAccess:
             violations.append(("read_limit", "must not be negative"))
         if violations:
             raise errors.invalid_argument("the read range is invalid", violations)
-        if not await self.may_read(key, lease_token):
+        if not await self.may_read(key, principal, lease_token):
             raise _not_found(key)
         try:
             source = await asyncio.to_thread(self._store.open_read, key)
@@ -219,10 +272,12 @@ class BlobAccess:
 
     # -- writes ------------------------------------------------------------------
 
-    async def status(self, key_text: str, lease_token: str = "") -> WriteStatus:
+    async def status(
+        self, key_text: str, principal: Principal = LOCAL_PRINCIPAL, lease_token: str = ""
+    ) -> WriteStatus:
         """Committed bytes of a write of `key`, and whether it is complete."""
         key = parse_key(key_text)
-        if not await self.may_write(key, lease_token):
+        if not await self.may_write(key, principal, lease_token):
             raise _not_writable(key)
         return await self._status(key)
 
@@ -237,7 +292,11 @@ class BlobAccess:
         return WriteStatus(info.size_bytes, True)
 
     async def write(
-        self, messages: AsyncIterator[WriteChunk], lease_token: str = "", peer: str = ""
+        self,
+        messages: AsyncIterator[WriteChunk],
+        principal: Principal = LOCAL_PRINCIPAL,
+        lease_token: str = "",
+        peer: str = "",
     ) -> WriteStatus:
         """Applies one Write stream; see the .proto for the rules."""
         first = await anext(messages, None)
@@ -246,9 +305,11 @@ class BlobAccess:
                 "the write stream is empty", [("key", "the first message must name the key")]
             )
         key = parse_key(first.key)
-        if not await self.may_write(key, lease_token):
+        if not await self.may_write(key, principal, lease_token):
             raise _not_writable(key)
         staged = is_staged_upload_key(key)
+        if staged:
+            await self._claim_upload(key, principal)
         if key.value in self._writing:
             raise errors.ServiceError(
                 f"another stream is writing {key.value!r}", "ABORTED", "WRITE_IN_PROGRESS"
@@ -257,7 +318,7 @@ class BlobAccess:
         try:
             with contextlib.ExitStack() as stack:
                 if staged:
-                    stack.enter_context(self._admission.admit(peer))
+                    stack.enter_context(self._admission.admit(peer, principal.tenant))
                     reservation = stack.enter_context(self._budget.reserve())
                 else:
                     reservation = None

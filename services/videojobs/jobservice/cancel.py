@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from videojobs.common import errors
+from videojobs.common.auth import LOCAL_PRINCIPAL, Principal
 from videojobs.common.text import has_unsafe_chars
 from videojobs.jobservice.domain import (
     AttemptOutcome,
@@ -14,7 +15,7 @@ from videojobs.jobservice.domain import (
     JobError,
     JobState,
     check_job_id,
-    job_not_found,
+    check_visible,
 )
 from videojobs.jobservice.limits import MAX_CANCEL_REASON_BYTES
 from videojobs.jobservice.store import Database
@@ -34,8 +35,9 @@ class CancelService:
         self._database = database
         self._workers = workers
 
-    async def cancel(self, job_id: str, reason: str) -> Job:
-        """Cancels the job; FAILED_PRECONDITION if it already ended."""
+    async def cancel(self, job_id: str, reason: str, principal: Principal = LOCAL_PRINCIPAL) -> Job:
+        """Cancels the job; FAILED_PRECONDITION if it already ended, NOT_FOUND
+        if it does not exist or belongs to a tenant the principal does not see."""
         check_job_id(job_id)
         if len(reason.encode("utf-8", "surrogatepass")) > MAX_CANCEL_REASON_BYTES:
             raise errors.invalid_argument(
@@ -49,8 +51,7 @@ class CancelService:
         reason = reason or "cancelled by client"
         async with self._database.transaction() as repository:
             row = await repository.get_row(job_id, for_update=True)
-            if row is None:
-                raise job_not_found(job_id)
+            check_visible(job_id, None if row is None else row.tenant, principal)
             state = JobState(row.state)
             if state.is_terminal:
                 raise errors.failed_precondition(

@@ -32,6 +32,7 @@ from datetime import timedelta
 from typing import Any
 
 from videojobs.common import errors
+from videojobs.common.auth import LOCAL_PRINCIPAL, Principal
 from videojobs.common.failures import RepeatedFailureLog
 from videojobs.common.text import echo
 from videojobs.jobservice.domain import (
@@ -176,6 +177,27 @@ class WorkerSession:
         self.unresponsive = False
 
 
+# Put in a session's outbox when a newer session of its worker id replaced it.
+SESSION_REPLACED = object()
+
+
+def check_worker_identity(worker_id: str, principal: Principal) -> None:
+    """PERMISSION_DENIED unless `worker_id` is the principal's own: its name, or
+    its name, ':' and a suffix (several processes of one credential).
+    Administrators (and, without an auth file, everyone) may use any id."""
+    if principal.is_admin:
+        return
+    if worker_id == principal.name or worker_id.startswith(principal.name + ":"):
+        return
+    raise errors.ServiceError(
+        f"worker id {echo(worker_id)} is not the identity of this credential "
+        f"({principal.name}, or {principal.name}:<suffix>)",
+        "PERMISSION_DENIED",
+        "WORKER_ID_MISMATCH",
+        metadata={"principal": principal.name},
+    )
+
+
 def validate_hello(hello: WorkerHello) -> None:
     """INVALID_ARGUMENT (field violations under `hello.`) for a malformed hello."""
     violations = []
@@ -302,10 +324,20 @@ class DispatchCoordinator:
 
     # -- sessions ------------------------------------------------------------
 
-    async def open_session(self, hello: WorkerHello) -> WorkerSession:
-        """Registers a worker; adopts the leases it still holds that are current."""
+    async def open_session(
+        self, hello: WorkerHello, principal: Principal = LOCAL_PRINCIPAL
+    ) -> WorkerSession:
+        """Registers a worker; adopts the leases it still holds that are current.
+
+        The worker id must be the principal's own (its name, or the name, a
+        colon and a suffix) unless the principal is an administrator. A live
+        session of the same worker id is replaced: its stream ends (ABORTED,
+        SESSION_REPLACED), leases the new hello holds move to the new session,
+        the others go back to the queue."""
         validate_hello(hello)
+        check_worker_identity(hello.worker_id, principal)
         session = WorkerSession(hello=hello, draining=hello.draining)
+        replaced_leases = self._replace_older_session(hello)
         expiry = utc_now() + timedelta(seconds=self.settings.lease_duration)
         async with self._database.transaction() as repository:
             rows = await repository.running_on_tokens(hello.held_leases.values())
@@ -318,6 +350,9 @@ class DispatchCoordinator:
             if job_id not in session.leases:
                 session.outbox.put_nowait(StopOrder(job_id, token, "lease_lost"))
         self._sessions[session.session_id] = session
+        lost = [token for job_id, token in replaced_leases.items() if job_id not in session.leases]
+        if lost:
+            await self._requeue_leases(lost, f"worker {hello.worker_id} reconnected without them")
         log.info(
             "worker %s connected (session %s, pipelines %s, capacity %d, adopted %d)",
             hello.worker_id,
@@ -328,6 +363,27 @@ class DispatchCoordinator:
         )
         self._wake_dispatcher.set()
         return session
+
+    def _replace_older_session(self, hello: WorkerHello) -> dict[str, str]:
+        """Ends a live session of the same worker id (never two sessions with
+        one id); returns the leases it held."""
+        for older in list(self._sessions.values()):
+            if older.worker_id != hello.worker_id or older.closed:
+                continue
+            log.warning(
+                "worker %s: a new session replaces session %s",
+                hello.worker_id,
+                older.session_id,
+            )
+            older.closed = True
+            self._sessions.pop(older.session_id, None)
+            leases = dict(older.leases)
+            # Its close must not requeue what the new session takes over.
+            older.leases.clear()
+            older.stopping.clear()
+            older.outbox.put_nowait(SESSION_REPLACED)
+            return leases
+        return {}
 
     async def close_session(self, session: WorkerSession, *, requeue: bool) -> None:
         """Forgets a session. With `requeue` (its stream broke while this server
@@ -597,7 +653,7 @@ class DispatchCoordinator:
             row = await self._current_lease(repository, session, job_id, token)
             if row is None:
                 return
-            prefix = attempt_prefix_for(job_id, row.attempt)
+            prefix = attempt_prefix_for(job_id, row.attempt, row.tenant)
             violations = [
                 (f"completion.{name}", f"must lie under {prefix.value}/")
                 for name, key in [("output_key", output_key)]
@@ -684,7 +740,8 @@ class DispatchCoordinator:
 
         def sweep() -> int:
             removed = 0
-            for info in list(store.list(StorageKey.join("jobs", job_id, "attempts"))):
+            attempts = StorageKey(winner.value.rsplit("/", 1)[0])  # .../attempts
+            for info in list(store.list(attempts)):
                 if not info.key.is_within(winner):
                     store.delete(info.key)
                     removed += 1
@@ -824,7 +881,7 @@ class DispatchCoordinator:
                 input_key=StorageKey(row.input_key),
                 pipeline=row.pipeline,
                 parameters=dict(row.parameters or {}),
-                output_prefix=attempt_prefix_for(row.job_id, row.attempt),
+                output_prefix=attempt_prefix_for(row.job_id, row.attempt, row.tenant),
                 lease_expire_time=expiry,
                 execution_deadline=row.execution_deadline_at,
                 input_format=row.input_format or "",

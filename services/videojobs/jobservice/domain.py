@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from videojobs.common import errors
+from videojobs.common.auth import DEFAULT_TENANT, Principal
 from videojobs.storage import StorageKey
 
 JOB_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
@@ -102,14 +103,30 @@ def job_not_found(job_id: str) -> errors.ServiceError:
     return errors.not_found(f"job {job_id} not found", "JOB_NOT_FOUND", job_id=job_id)
 
 
-def input_key_for(job_id: str, extension: str) -> StorageKey:
+def check_visible(job_id: str, tenant: str | None, principal: Principal) -> None:
+    """NOT_FOUND, exactly as for a job that does not exist, unless the job
+    (of `tenant`; None: it does not exist) is visible to `principal`."""
+    if tenant is None or not principal.sees_tenant(tenant):
+        raise job_not_found(job_id)
+
+
+def job_prefix(job_id: str, tenant: str = DEFAULT_TENANT) -> StorageKey:
+    """Under which key prefix everything of a job is stored: `jobs/{id}` for
+    the default tenant (as every job before tenants existed), else
+    `tenants/{tenant}/jobs/{id}`."""
+    if tenant == DEFAULT_TENANT:
+        return StorageKey.join("jobs", job_id)
+    return StorageKey.join("tenants", tenant, "jobs", job_id)
+
+
+def input_key_for(job_id: str, extension: str, tenant: str = DEFAULT_TENANT) -> StorageKey:
     """Where a job's uploaded input is stored."""
-    return StorageKey.join("jobs", job_id, "input", f"source{extension}")
+    return job_prefix(job_id, tenant).child("input", f"source{extension}")
 
 
-def attempt_prefix_for(job_id: str, attempt: int) -> StorageKey:
+def attempt_prefix_for(job_id: str, attempt: int, tenant: str = DEFAULT_TENANT) -> StorageKey:
     """Under which key prefix one attempt writes its outputs."""
-    return StorageKey.join("jobs", job_id, "attempts", str(attempt))
+    return job_prefix(job_id, tenant).child("attempts", str(attempt))
 
 
 # Jobs imported from the systems videojobs replaces carry `legacy:<id>` as
@@ -127,10 +144,10 @@ def staged_upload_key(upload_id: str) -> StorageKey:
     return StorageKey.join(STAGED_UPLOAD_PREFIX, upload_id)
 
 
-def submit_staging_key(job_id: str) -> StorageKey:
+def submit_staging_key(job_id: str, tenant: str = DEFAULT_TENANT) -> StorageKey:
     """Where a streamed SubmitVideo upload is stored until it has passed its
     checks (under the job's prefix, so the orphan sweep knows whose it is)."""
-    return StorageKey.join("jobs", job_id, "staging", "upload")
+    return job_prefix(job_id, tenant).child("staging", "upload")
 
 
 def is_staged_upload_key(key: StorageKey) -> bool:
@@ -272,6 +289,7 @@ class Job:
     lease_token: str | None = None
     input_format: str = ""
     input_removed_at: datetime | None = None
+    tenant: str = DEFAULT_TENANT
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
 
-from videojobs.jobservice.domain import JobEvent, JobState, check_job_id, job_not_found
+from videojobs.common.auth import LOCAL_PRINCIPAL, Principal
+from videojobs.jobservice.domain import JobEvent, JobState, check_job_id, check_visible
 from videojobs.jobservice.limits import REPLAY_BATCH_BYTES, REPLAY_BATCH_EVENTS
 from videojobs.jobservice.store import Database
 
@@ -66,25 +67,29 @@ class EventFeed:
         self._hub = hub
         self._fallback_poll_seconds = fallback_poll_seconds
 
-    async def follow(self, job_id: str, after_sequence: int) -> AsyncIterator[JobEvent]:
+    async def follow(
+        self, job_id: str, after_sequence: int, principal: Principal = LOCAL_PRINCIPAL
+    ) -> AsyncIterator[JobEvent]:
         """Events of `job_id` after `after_sequence`, stored then live, ending with
-        the terminal event. Raises NOT_FOUND for an unknown job."""
+        the terminal event. Raises NOT_FOUND for an unknown job, or one of a
+        tenant the principal does not see."""
         check_job_id(job_id)
         self._hub.follow(job_id)
         try:
-            async for event in self._follow(job_id, after_sequence):
+            async for event in self._follow(job_id, after_sequence, principal):
                 yield event
         finally:
             self._hub.unfollow(job_id)
 
-    async def _follow(self, job_id: str, after_sequence: int) -> AsyncIterator[JobEvent]:
+    async def _follow(
+        self, job_id: str, after_sequence: int, principal: Principal
+    ) -> AsyncIterator[JobEvent]:
         sequence = after_sequence
         while True:
             signal = self._hub.signal_for(job_id)
             async with self._database.reading() as repository:
                 row = await repository.get_row(job_id)
-                if row is None:
-                    raise job_not_found(job_id)
+                check_visible(job_id, None if row is None else row.tenant, principal)
                 ended = JobState(row.state).is_terminal
                 stored_up_to = row.last_sequence
                 # Bounded by bytes as well as count: memory stays flat however

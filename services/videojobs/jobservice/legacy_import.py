@@ -53,6 +53,7 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from videojobs.common.auth import DEFAULT_TENANT, TENANT_PATTERN
 from videojobs.common.config import DEFAULT_DATA_DIR, add_option, setup_logging, storage_dirs
 from videojobs.common.text import clean_text, is_unsafe_char, redact_host_paths
 from videojobs.jobservice.domain import (
@@ -535,6 +536,8 @@ class ImportOptions:
     max_file_bytes: int = JobServiceSettings.max_upload_bytes
     min_free_bytes: int = JobServiceSettings.min_free_bytes
     max_attempts: int = JobServiceSettings.max_attempts
+    # The tenant the imported jobs belong to.
+    tenant: str = DEFAULT_TENANT
 
 
 @dataclass
@@ -644,16 +647,17 @@ class _Plan:
     container: ContainerFormat
     output_file: _LocalFile | None
     note: str = ""
+    tenant: str = DEFAULT_TENANT
 
     @property
     def input_key(self) -> StorageKey:
-        return input_key_for(self.job_id, self.container.extension)
+        return input_key_for(self.job_id, self.container.extension, self.tenant)
 
     @property
     def output_key(self) -> StorageKey | None:
         if self.output_file is None:
             return None
-        return attempt_prefix_for(self.job_id, 1).child(OUTPUT_NAME)
+        return attempt_prefix_for(self.job_id, 1, self.tenant).child(OUTPUT_NAME)
 
 
 class _AlreadyImported(Exception):
@@ -811,6 +815,7 @@ class LegacyImporter:
             container=container,
             output_file=output_file,
             note=note,
+            tenant=self._options.tenant,
         )
 
     def _find(self, what: str, raw: Any) -> _LocalFile:
@@ -941,7 +946,7 @@ class LegacyImporter:
         request_id = legacy_request_id(plan.legacy_id)
         try:
             async with self._database.transaction() as repository:
-                existing = await repository.get_row_by_request_id(request_id)
+                existing = await repository.get_row_by_request_id(plan.tenant, request_id)
                 if existing is None:
                     existing = await repository.get_row(plan.job_id)
                 if existing is not None:
@@ -971,6 +976,7 @@ class LegacyImporter:
         succeeded = plan.state is JobState.SUCCEEDED
         row = JobRow(
             job_id=plan.job_id,
+            tenant=plan.tenant,
             request_id=request_id,
             request_fingerprint=None,
             pipeline=self._pipeline,
@@ -1099,6 +1105,13 @@ def _check_pipeline(name: str) -> tuple[str, float]:
         raise UsageError("; ".join(message for _, message in exc.violations)) from None
     timeout = max(catalogue.spec(n).default_execution_timeout_seconds for n in plan.pipelines)
     return plan.key, timeout
+
+
+def check_tenant(name: str) -> str:
+    """A tenant name, or UsageError."""
+    if not TENANT_PATTERN.fullmatch(name):
+        raise UsageError(f"--tenant must match {TENANT_PATTERN.pattern}")
+    return name
 
 
 def check_system_name(name: str) -> str:
@@ -1260,6 +1273,11 @@ def _parser() -> argparse.ArgumentParser:
         help=f"pipeline the imported jobs are recorded with (default: {DEFAULT_PIPELINE})",
     )
     parser.add_argument(
+        "--tenant",
+        default=DEFAULT_TENANT,
+        help=f"tenant the imported jobs belong to (default: {DEFAULT_TENANT})",
+    )
+    parser.add_argument(
         "--system",
         default=DEFAULT_SYSTEM,
         help="name of the old system, shown in each job's first event "
@@ -1319,6 +1337,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
             max_file_bytes=args.max_upload_bytes,
             min_free_bytes=args.min_free_bytes,
             max_attempts=args.max_attempts,
+            tenant=check_tenant(args.tenant),
         )
         request = ImportRequest(
             file=args.file,

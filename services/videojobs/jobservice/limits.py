@@ -74,6 +74,8 @@ class UploadLimits:
     idle_timeout_seconds: float = 30.0
     max_concurrent_uploads: int = 64
     max_uploads_per_peer: int = 32
+    # Uploads in progress at once for one tenant (0: no limit of its own).
+    max_uploads_per_tenant: int = 32
     # Uploads are refused when they would leave less free space than this.
     min_free_bytes: int = 256 * MIB
     # Most bytes of inputs stored at once (0: no quota).

@@ -5,7 +5,8 @@ Subcommands, each with the server's flags for where its data lives:
 - `videojobs-server import-legacy FILE ...` imports the finished jobs of the
   system videojobs replaces (see `legacy_import`);
 - `videojobs-server retention [--dry-run]` runs one pass of the retention
-  policy now, or prints what it would delete.
+  policy now, or prints what it would delete;
+- `videojobs-server tokens add|list|revoke` edits the auth file.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ from __future__ import annotations
 import asyncio
 import sys
 
+from videojobs.common.auth import AuthFileError
 from videojobs.common.config import run_until_signalled, setup_logging
+from videojobs.common.security import SecurityConfigError
 from videojobs.jobservice.server import serve
 from videojobs.jobservice.settings import parse_settings
 
 IMPORT_LEGACY = "import-legacy"
 RETENTION = "retention"
+TOKENS = "tokens"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,10 +35,17 @@ def main(argv: list[str] | None = None) -> int:
         return import_legacy(list(arguments[1:]))
     if arguments[:1] == [RETENTION]:
         return retention_command(list(arguments[1:]))
+    if arguments[:1] == [TOKENS]:
+        from videojobs.jobservice.tokens_command import main as tokens
+
+        return tokens(list(arguments[1:]))
     settings = parse_settings(argv)
     setup_logging(settings.log_level)
-
-    return run_until_signalled(lambda stop: serve(settings, stop))
+    try:
+        return run_until_signalled(lambda stop: serve(settings, stop))
+    except (SecurityConfigError, AuthFileError) as exc:
+        print(f"videojobs-server: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

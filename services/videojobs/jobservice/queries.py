@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from videojobs.common import errors
-from videojobs.jobservice.domain import Job, JobState, check_job_id, job_not_found
+from videojobs.common.auth import LOCAL_PRINCIPAL, Principal
+from videojobs.jobservice.domain import Job, JobState, check_job_id, check_visible
 from videojobs.jobservice.limits import MAX_PAGE_TOKEN_CHARS, MAX_PIPELINE_NAME_CHARS
 from videojobs.jobservice.store import Database
 
@@ -65,8 +66,10 @@ class PageTokens:
         self._key = await database.shared_secret(PAGE_TOKEN_SECRET)
 
     @staticmethod
-    def _filter_fingerprint(states: Sequence[JobState], pipeline: str) -> str:
-        canonical = json.dumps([sorted(s.value for s in states), pipeline])
+    def _filter_fingerprint(
+        states: Sequence[JobState], pipeline: str, tenant: str | None = None
+    ) -> str:
+        canonical = json.dumps([sorted(s.value for s in states), pipeline, tenant])
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def _signature(self, payload: bytes) -> bytes:
@@ -74,15 +77,24 @@ class PageTokens:
             raise RuntimeError("page-token key not loaded (PageTokens.load_key)")
         return hmac.new(self._key, payload, hashlib.sha256).digest()[:_SIGNATURE_BYTES]
 
-    def encode(self, last_position: int, states: Sequence[JobState], pipeline: str) -> str:
-        """A token for the page after `last_position`, bound to the filter."""
+    def encode(
+        self,
+        last_position: int,
+        states: Sequence[JobState],
+        pipeline: str,
+        tenant: str | None = None,
+    ) -> str:
+        """A token for the page after `last_position`, bound to the filter
+        (the tenant whose jobs are listed included)."""
         payload = json.dumps(
-            {"p": last_position, "f": self._filter_fingerprint(states, pipeline)},
+            {"p": last_position, "f": self._filter_fingerprint(states, pipeline, tenant)},
             separators=(",", ":"),
         ).encode()
         return f"{_b64encode(payload)}.{_b64encode(self._signature(payload))}"
 
-    def decode(self, token: str, states: Sequence[JobState], pipeline: str) -> int:
+    def decode(
+        self, token: str, states: Sequence[JobState], pipeline: str, tenant: str | None = None
+    ) -> int:
         """The position a token continues after. INVALID_ARGUMENT for anything
         this server did not issue, or a token made for another filter."""
         if len(token) > MAX_PAGE_TOKEN_CHARS or token.count(".") != 1:
@@ -103,7 +115,7 @@ class PageTokens:
             raise _invalid_token() from None
         if type(position) is not int or not 0 < position < _MAX_POSITION:
             raise _invalid_token()
-        if fingerprint != self._filter_fingerprint(states, pipeline):
+        if fingerprint != self._filter_fingerprint(states, pipeline, tenant):
             raise errors.invalid_argument(
                 "page_token was issued for a different filter",
                 [("page_token", "use it with the same states and pipeline as the first page")],
@@ -118,13 +130,13 @@ class JobQueries:
         self._database = database
         self._page_tokens = page_tokens
 
-    async def get(self, job_id: str) -> Job:
-        """The job; INVALID_ARGUMENT for a malformed id, NOT_FOUND for an unknown one."""
+    async def get(self, job_id: str, principal: Principal = LOCAL_PRINCIPAL) -> Job:
+        """The job; INVALID_ARGUMENT for a malformed id, NOT_FOUND for an
+        unknown one or one of a tenant the principal does not see."""
         check_job_id(job_id)
         async with self._database.reading() as repository:
             job = await repository.get(job_id)
-        if job is None:
-            raise job_not_found(job_id)
+        check_visible(job_id, None if job is None else job.tenant, principal)
         return job
 
     async def list(
@@ -137,10 +149,16 @@ class JobQueries:
         render: Callable[[Job], Rendered],
         size_of: Callable[[Rendered], int],
         max_page_bytes: int,
+        principal: Principal = LOCAL_PRINCIPAL,
+        tenant: str = "",
     ) -> JobPage[Rendered]:
         """A page of jobs, newest first, rendered by `render`. The page ends
         early (with a next-page token) once it would exceed `max_page_bytes`
-        as measured by `size_of`; it always holds at least one job."""
+        as measured by `size_of`; it always holds at least one job.
+
+        A client lists its own tenant's jobs only (a `tenant` filter naming
+        another gives an empty page); an administrator lists every tenant's,
+        or `tenant`'s."""
         if page_size < 0:
             raise errors.invalid_argument(
                 "page_size must not be negative", [("page_size", "must be 0 or more")]
@@ -151,10 +169,22 @@ class JobQueries:
                 [("pipeline", f"at most {MAX_PIPELINE_NAME_CHARS} characters")],
             )
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        before = self._page_tokens.decode(page_token, states, pipeline) if page_token else None
+        if principal.is_admin:
+            scope = tenant or None
+        elif tenant and tenant != principal.tenant:
+            return JobPage(jobs=[], next_page_token="")
+        else:
+            scope = principal.tenant
+        before = (
+            self._page_tokens.decode(page_token, states, pipeline, scope) if page_token else None
+        )
         async with self._database.reading() as repository:
             rows = await repository.list_page(
-                states=states, pipeline=pipeline, before_position=before, limit=size + 1
+                states=states,
+                pipeline=pipeline,
+                before_position=before,
+                limit=size + 1,
+                tenant=scope,
             )
         rendered: list[Any] = []
         used_bytes = 0
@@ -169,7 +199,7 @@ class JobQueries:
             last_position = position
         more = len(rows) > len(rendered)
         token = (
-            self._page_tokens.encode(last_position, states, pipeline)
+            self._page_tokens.encode(last_position, states, pipeline, scope)
             if more and last_position is not None
             else ""
         )

@@ -21,12 +21,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from videojobs.common import errors
+from videojobs.common.auth import LOCAL_PRINCIPAL, Principal
 from videojobs.common.failures import RepeatedFailureLog
 from videojobs.jobservice.domain import (
     TERMINAL_STATES,
     JobState,
     check_job_id,
-    job_not_found,
+    check_visible,
+    job_prefix,
     utc_now,
 )
 from videojobs.jobservice.store import Database
@@ -76,14 +78,14 @@ class JobDeletion:
         self._task: asyncio.Task | None = None
         self._failures = RepeatedFailureLog(log, "retention pass")
 
-    async def delete(self, job_id: str) -> int:
+    async def delete(self, job_id: str, principal: Principal = LOCAL_PRINCIPAL) -> int:
         """Deletes an ended job and its blobs; returns how many blobs went.
-        NOT_FOUND for an unknown job, FAILED_PRECONDITION for a live one."""
+        NOT_FOUND for an unknown job (or another tenant's), FAILED_PRECONDITION
+        for a live one."""
         check_job_id(job_id)
         async with self._database.transaction() as repository:
             row = await repository.get_row(job_id, for_update=True)
-            if row is None:
-                raise job_not_found(job_id)
+            check_visible(job_id, None if row is None else row.tenant, principal)
             state = JobState(row.state)
             if not state.is_terminal:
                 raise errors.failed_precondition(
@@ -92,16 +94,15 @@ class JobDeletion:
                     job_id=job_id,
                     state=state.value,
                 )
+            prefix = job_prefix(job_id, row.tenant)
             await repository.delete_job(job_id)
-        removed = await self._delete_blobs(job_id)
+        removed = await self._delete_blobs(job_id, prefix)
         log.info("job %s deleted with %d blob(s)", job_id, removed)
         return removed
 
-    async def _delete_blobs(self, job_id: str) -> int:
+    async def _delete_blobs(self, job_id: str, prefix: StorageKey) -> int:
         try:
-            return await asyncio.to_thread(
-                self._store.delete_prefix, StorageKey.join("jobs", job_id)
-            )
+            return await asyncio.to_thread(self._store.delete_prefix, prefix)
         except Exception:  # noqa: BLE001 - unreferenced now: the orphan sweep retries
             log.warning("could not delete the blobs of job %s yet", job_id, exc_info=True)
             return 0

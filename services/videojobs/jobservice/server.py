@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from dataclasses import dataclass
 
 import grpc
 
+from videojobs.common.auth import AuthRegistry
+from videojobs.common.auth_interceptor import AuthInterceptor
 from videojobs.common.grpc_server import (
     SERVER_OPTIONS,
     add_health_and_reflection,
@@ -15,6 +18,8 @@ from videojobs.common.grpc_server import (
     mark_not_serving,
     mark_serving,
 )
+from videojobs.common.security import ServerTls, check_exposure, server_tls
+from videojobs.jobservice.api.access import JOB_SERVICE_POLICY
 from videojobs.jobservice.api.blob_servicer import BlobServicer
 from videojobs.jobservice.api.dispatch_servicer import DispatchServicer
 from videojobs.jobservice.api.job_servicer import JobServicer
@@ -63,13 +68,15 @@ class JobServiceApp:
     sweeper: OrphanSweeper
     deletion: JobDeletion
     blob_store: object
+    tls: ServerTls | None = None
     address: str = ""
 
     async def start(self) -> str:
         """Migrates the database, binds, starts serving; returns the bound address."""
         await self.database.migrate()
         await self.page_tokens.load_key(self.database)
-        self.address = bind(self.server, self.settings.listen)
+        credentials = self.tls.credentials() if self.tls is not None else None
+        self.address = bind(self.server, self.settings.listen, credentials)
         await self.server.start()
         await self.coordinator.start()
         self.sweeper.start()
@@ -94,7 +101,23 @@ class JobServiceApp:
 
 
 def build_job_service(settings: JobServiceSettings) -> JobServiceApp:
-    """Wires database, storage, application services and servicers together."""
+    """Wires database, storage, application services and servicers together.
+
+    Raises SecurityConfigError for TLS settings that cannot work, or for a
+    listen address beyond loopback without an auth file and TLS (unless
+    `insecure`)."""
+    tls = server_tls(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+    warning = check_exposure(
+        settings.listen,
+        authenticated=bool(settings.auth_file),
+        tls=tls is not None,
+        insecure=settings.insecure,
+        service="job-service",
+    )
+    if warning:
+        log.warning(warning)
+        print(warning, file=sys.stderr, flush=True)
+    registry = AuthRegistry(settings.auth_file) if settings.auth_file else None
     database = Database(settings.database_url)
     blob_store = open_blob_store(settings.storage_url)
     hub = EventHub()
@@ -117,6 +140,7 @@ def build_job_service(settings: JobServiceSettings) -> JobServiceApp:
         builtin_catalogue(),
         SubmitLimits(
             uploads=settings.upload_limits,
+            tenant_max_queued_jobs=settings.tenant_max_queued_jobs,
             max_attempts=settings.max_attempts,
             priority_step=settings.priority_step,
             default_queue_timeout=settings.default_queue_timeout,
@@ -143,7 +167,9 @@ def build_job_service(settings: JobServiceSettings) -> JobServiceApp:
         ),
         settings.upload_idle_timeout,
     )
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server = grpc.aio.server(
+        options=SERVER_OPTIONS, interceptors=[AuthInterceptor(registry, JOB_SERVICE_POLICY)]
+    )
     job_service_pb2_grpc.add_JobServiceServicer_to_server(job_servicer, server)
     dispatch_service_pb2_grpc.add_DispatchServiceServicer_to_server(dispatch_servicer, server)
     blob_service_pb2_grpc.add_BlobServiceServicer_to_server(blob_servicer, server)
@@ -159,6 +185,7 @@ def build_job_service(settings: JobServiceSettings) -> JobServiceApp:
         page_tokens=page_tokens,
         deletion=deletion,
         blob_store=blob_store,
+        tls=tls,
         sweeper=OrphanSweeper(database, blob_store, settings.sweep_interval, settings.orphan_grace),
     )
 

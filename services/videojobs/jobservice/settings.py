@@ -13,7 +13,13 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from videojobs.common.config import DEFAULT_ADDRESS, DEFAULT_DATA_DIR, add_option, storage_dirs
+from videojobs.common.config import (
+    DEFAULT_ADDRESS,
+    DEFAULT_DATA_DIR,
+    add_flag,
+    add_option,
+    storage_dirs,
+)
 from videojobs.jobservice.limits import ReportLimits, UploadLimits
 from videojobs.jobservice.retention import RetentionPolicy
 
@@ -57,6 +63,16 @@ class JobServiceSettings:
         _UPLOADS.max_uploads_per_peer,
         "VIDEOJOBS_MAX_UPLOADS_PER_PEER",
         "uploads in progress at once from one client address",
+    )
+    max_uploads_per_tenant: int = _setting(
+        _UPLOADS.max_uploads_per_tenant,
+        "VIDEOJOBS_MAX_UPLOADS_PER_TENANT",
+        "uploads in progress at once for one tenant (0: no limit of its own)",
+    )
+    tenant_max_queued_jobs: int = _setting(
+        10_000,
+        "VIDEOJOBS_TENANT_MAX_QUEUED_JOBS",
+        "jobs one tenant may have waiting in the queue (0: no limit)",
     )
     min_free_bytes: int = _setting(
         _UPLOADS.min_free_bytes,
@@ -154,6 +170,24 @@ class JobServiceSettings:
         "seconds a finished staged upload (uploads/...) waits for a SubmitVideo before a "
         "sweep removes it",
     )
+    auth_file: str = _setting(
+        "",
+        "VIDEOJOBS_AUTH_FILE",
+        "the principals and their hashed tokens (see 'videojobs-server tokens'); without "
+        "one, every caller is trusted and the server listens on loopback only",
+    )
+    tls_cert: str = _setting("", "VIDEOJOBS_TLS_CERT", "PEM certificate: serve TLS")
+    tls_key: str = _setting("", "VIDEOJOBS_TLS_KEY", "PEM private key of --tls-cert")
+    tls_client_ca: str = _setting(
+        "",
+        "VIDEOJOBS_TLS_CLIENT_CA",
+        "PEM CA: require client certificates it signed (mutual TLS)",
+    )
+    insecure: bool = _setting(
+        False,
+        "VIDEOJOBS_INSECURE",
+        "listen beyond loopback without an auth file and TLS (a warning is printed)",
+    )
     log_level: str = _setting("INFO", "VIDEOJOBS_LOG_LEVEL", "logging level")
 
     @property
@@ -164,6 +198,7 @@ class JobServiceSettings:
             idle_timeout_seconds=self.upload_idle_timeout,
             max_concurrent_uploads=self.max_concurrent_uploads,
             max_uploads_per_peer=self.max_uploads_per_peer,
+            max_uploads_per_tenant=self.max_uploads_per_tenant,
             min_free_bytes=self.min_free_bytes,
             storage_quota_bytes=self.storage_quota_bytes,
         )
@@ -203,6 +238,9 @@ def _parser(prog: str = "videojobs-server") -> argparse.ArgumentParser:
     for setting in dataclasses.fields(JobServiceSettings):
         meta = setting.metadata
         flag = meta["flag"] or "--" + setting.name.replace("_", "-")
+        if setting.type == "bool":
+            add_flag(parser, flag, meta["env"], meta["help"])
+            continue
         parse = setting.type if setting.type in ("int", "float") else "str"
         add_option(parser, flag, meta["env"], setting.default, meta["help"], _PARSERS[parse])
     return parser

@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 
 from videojobs.common import errors
+from videojobs.common.auth import DEFAULT_TENANT
 from videojobs.common.text import echo
 from videojobs.jobservice.domain import (
     LEGACY_REQUEST_ID_PREFIX,
@@ -63,6 +64,8 @@ log = logging.getLogger(__name__)
 
 _REQUEST_ID = re.compile(rf"[\x21-\x7e]{{1,{MAX_REQUEST_ID_CHARS}}}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# How long a tenant whose queue is full is told to wait.
+TENANT_RETRY_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,8 @@ class SubmitLimits:
     """Server-side limits and defaults of a submit."""
 
     uploads: UploadLimits = field(default_factory=UploadLimits)
+    # Most queued jobs one tenant may have (0: no limit).
+    tenant_max_queued_jobs: int = 0
     max_attempts: int = 3
     priority_step: float = 300.0
     default_queue_timeout: float = 0.0
@@ -187,22 +192,47 @@ class SubmitService:
             raise errors.invalid_argument("the upload header is invalid", exc.violations) from None
 
     async def submit(
-        self, header: UploadHeader, chunks: AsyncIterator[bytes], peer: str = ""
+        self,
+        header: UploadHeader,
+        chunks: AsyncIterator[bytes],
+        peer: str = "",
+        tenant: str = DEFAULT_TENANT,
     ) -> Job:
-        """Stores the upload and creates the job (or returns the job of a repeated
-        request_id). See the module docstring for the guarantees."""
+        """Stores the upload and creates the job of `tenant` (or returns the job
+        of a repeated request_id). See the module docstring for the guarantees."""
         plan = self.validate_header(header)
+        await self._check_tenant_queue(tenant)
         if header.upload_key:
-            return await self._adopt_staged_upload(header, plan, chunks)
-        with self.admission.admit(peer), self.budget.reserve() as reservation:
+            return await self._adopt_staged_upload(header, plan, chunks, tenant)
+        with self.admission.admit(peer, tenant), self.budget.reserve() as reservation:
             await reservation.promise(header.expected_size_bytes)
-            return await self._receive(header, plan, chunks, reservation)
+            return await self._receive(header, plan, chunks, reservation, tenant)
 
-    async def _receive(self, header, plan, chunks, reservation) -> Job:
+    async def _check_tenant_queue(self, tenant: str, repository=None) -> None:
+        """RESOURCE_EXHAUSTED (with RetryInfo) when the tenant has as many
+        queued jobs as it may (`tenant_max_queued_jobs`; 0: no limit)."""
+        limit = self._limits.tenant_max_queued_jobs
+        if limit <= 0:
+            return
+        if repository is None:
+            async with self._database.reading() as reader:
+                queued = await reader.count_queued(tenant)
+        else:
+            queued = await repository.count_queued(tenant)
+        if queued >= limit:
+            raise errors.resource_exhausted(
+                f"tenant {tenant} has {queued} jobs waiting, the most it may; retry when "
+                "some have started",
+                "TENANT_QUEUE_FULL",
+                TENANT_RETRY_SECONDS,
+                limit=str(limit),
+            )
+
+    async def _receive(self, header, plan, chunks, reservation, tenant: str) -> Job:
         """Streams the chunks into a staged object (a multipart upload on S3),
         then publishes it as the job's input (see `_publish`)."""
         job_id = new_job_id()
-        staged = submit_staging_key(job_id)
+        staged = submit_staging_key(job_id, tenant)
         writer: BlobWriter | None = None
         head = b""
         container: ContainerFormat | None = None
@@ -242,7 +272,9 @@ class SubmitService:
             self._check_received(header, size, sha256)
             await asyncio.to_thread(writer.commit)
             committed = True
-            return await self._publish(header, plan, job_id, staged, container, size, sha256)
+            return await self._publish(
+                header, plan, job_id, staged, container, size, sha256, tenant
+            )
         finally:
             if writer is not None:
                 await asyncio.to_thread(writer.abort)
@@ -258,18 +290,19 @@ class SubmitService:
         container: ContainerFormat,
         size: int,
         sha256: str,
+        tenant: str,
     ) -> Job:
         """Checks the complete staged object as its container, moves it to the
         job's input key and creates the job. An input exists only for a
         committed job: a failure on the way removes it again, and a process
         killed in between leaves it to the orphan sweep."""
         await self._check_container(staged, container)
-        input_key = input_key_for(job_id, container.extension)
+        input_key = input_key_for(job_id, container.extension, tenant)
         await asyncio.to_thread(self._blob_store.rename, staged, input_key)
         created = False
         try:
             job, created = await self._create_job(
-                header, plan, job_id, input_key, container, size, sha256
+                header, plan, job_id, input_key, container, size, sha256, tenant
             )
             return job
         finally:
@@ -279,9 +312,10 @@ class SubmitService:
                 await asyncio.to_thread(self._blob_store.delete, input_key)
 
     async def _adopt_staged_upload(
-        self, header: UploadHeader, plan: JobPlan, chunks: AsyncIterator[bytes]
+        self, header: UploadHeader, plan: JobPlan, chunks: AsyncIterator[bytes], tenant: str
     ) -> Job:
-        """Creates the job from a finished staged upload (BlobService.Write)."""
+        """Creates the job from a finished staged upload (BlobService.Write) of
+        the same tenant; another tenant's staged upload is UPLOAD_NOT_FOUND."""
         try:
             staged = StorageKey(header.upload_key)
         except InvalidStorageKey as exc:
@@ -298,6 +332,10 @@ class SubmitService:
                 "a header with upload_key takes no chunks",
                 [("chunk", "the bytes are those of the staged upload")],
             )
+        async with self._database.reading() as repository:
+            owner = await repository.staged_upload_owner(staged.value)
+        if owner is not None and owner != tenant:
+            raise _upload_not_found(staged)
         if await asyncio.to_thread(self._blob_store.resumable_status, staged) is not None:
             raise errors.failed_precondition(
                 f"the staged upload {staged.value!r} is not finished",
@@ -306,12 +344,12 @@ class SubmitService:
         try:
             info = await asyncio.to_thread(self._blob_store.stat, staged)
         except BlobNotFound:
-            existing = await self._existing_for_request(header)
+            existing = await self._existing_for_request(header, tenant)
             if existing is not None:
                 return existing  # the retry of a submit whose answer was lost
-            raise errors.not_found(
-                f"no staged upload {staged.value!r}", "UPLOAD_NOT_FOUND"
-            ) from None
+            raise _upload_not_found(staged) from None
+        if owner is None:
+            raise _upload_not_found(staged)  # written before owners were recorded
         if info.size_bytes > self._limits.max_upload_bytes:
             await asyncio.to_thread(self._blob_store.delete, staged)
             raise self._too_large()
@@ -324,9 +362,14 @@ class SubmitService:
         # Shielded: once the staged object is being moved into place, a client
         # that hangs up must not leave it half-published; the job is created,
         # and the client's retry (same request_id) finds it.
-        return await asyncio.shield(
-            self._publish(header, plan, new_job_id(), staged, container, info.size_bytes, sha256)
+        job = await asyncio.shield(
+            self._publish(
+                header, plan, new_job_id(), staged, container, info.size_bytes, sha256, tenant
+            )
         )
+        async with self._database.transaction() as repository:
+            await repository.forget_staged_upload(staged.value)
+        return job
 
     def _identify_stored(self, key: StorageKey) -> tuple[ContainerFormat, str]:
         """The container and SHA-256 of a stored object, read once, a chunk at a time."""
@@ -339,11 +382,11 @@ class SubmitService:
                 digest.update(chunk)
         return container, digest.hexdigest()
 
-    async def _existing_for_request(self, header: UploadHeader) -> Job | None:
+    async def _existing_for_request(self, header: UploadHeader, tenant: str) -> Job | None:
         if not header.request_id:
             return None
         async with self._database.reading() as repository:
-            row = await repository.get_row_by_request_id(header.request_id)
+            row = await repository.get_row_by_request_id(tenant, header.request_id)
             return None if row is None else await repository.to_domain(row)
 
     def _too_large(self) -> errors.ServiceError:
@@ -398,6 +441,7 @@ class SubmitService:
         container: ContainerFormat,
         size: int,
         sha256: str,
+        tenant: str = DEFAULT_TENANT,
     ) -> tuple[Job, bool]:
         options = {
             "max_attempts": header.max_attempts,
@@ -415,9 +459,10 @@ class SubmitService:
             try:
                 async with self._database.transaction() as repository:
                     if request_id is not None:
-                        existing = await repository.get_row_by_request_id(request_id)
+                        existing = await repository.get_row_by_request_id(tenant, request_id)
                         if existing is not None:
                             return await self._repeat(repository, existing, fingerprint), False
+                    await self._check_tenant_queue(tenant, repository)
                     now = utc_now()
                     row = JobRow(
                         priority=header.priority,
@@ -432,6 +477,7 @@ class SubmitService:
                         failed_attempts=0,
                         lease_losses=0,
                         job_id=job_id,
+                        tenant=tenant,
                         request_id=request_id,
                         request_fingerprint=fingerprint if request_id else None,
                         pipeline=plan.key,
@@ -476,6 +522,10 @@ class SubmitService:
                 job_id=existing.job_id,
             )
         return await repository.to_domain(existing)
+
+
+def _upload_not_found(staged: StorageKey) -> errors.ServiceError:
+    return errors.not_found(f"no staged upload {staged.value!r}", "UPLOAD_NOT_FOUND")
 
 
 def _identify(head: bytes) -> ContainerFormat:

@@ -110,6 +110,8 @@ class OrphanSweeper:
             if info.modified_at is not None and info.modified_at > cutoff:
                 continue  # young: its job row may be committing right now
             by_job.setdefault(job_id, []).append(info)
+        async with self._database.transaction() as repository:
+            await repository.forget_staged_uploads_before(upload_cutoff)
         job_ids = list(by_job)
         for start in range(0, len(job_ids), _LOOKUP_BATCH):
             batch = job_ids[start : start + _LOOKUP_BATCH]

@@ -43,6 +43,7 @@ class UploadAdmission:
     def __init__(self, limits: UploadLimits) -> None:
         self._limits = limits
         self._per_peer: Counter[str] = Counter()
+        self._per_tenant: Counter[str] = Counter()
         self._total = 0
 
     @property
@@ -51,23 +52,28 @@ class UploadAdmission:
         return self._total
 
     @contextlib.contextmanager
-    def admit(self, peer: str) -> Iterator[None]:
-        """Holds an upload slot for `peer`; RESOURCE_EXHAUSTED (TOO_MANY_UPLOADS,
-        with RetryInfo) when none is free."""
+    def admit(self, peer: str, tenant: str = "") -> Iterator[None]:
+        """Holds an upload slot for `peer` of `tenant`; RESOURCE_EXHAUSTED
+        (TOO_MANY_UPLOADS, with RetryInfo) when none is free."""
         host = peer_host(peer)
-        if self._total >= self._limits.max_concurrent_uploads:
-            raise _too_many(self._limits.max_concurrent_uploads, "server", "the server takes")
-        if self._per_peer[host] >= self._limits.max_uploads_per_peer:
-            raise _too_many(self._limits.max_uploads_per_peer, "peer", "one client may send")
+        limits = self._limits
+        if self._total >= limits.max_concurrent_uploads:
+            raise _too_many(limits.max_concurrent_uploads, "server", "the server takes")
+        if self._per_peer[host] >= limits.max_uploads_per_peer:
+            raise _too_many(limits.max_uploads_per_peer, "peer", "one client may send")
+        if 0 < limits.max_uploads_per_tenant <= self._per_tenant[tenant]:
+            raise _too_many(limits.max_uploads_per_tenant, "tenant", "one tenant may send")
         self._total += 1
         self._per_peer[host] += 1
+        self._per_tenant[tenant] += 1
         try:
             yield
         finally:
             self._total -= 1
-            self._per_peer[host] -= 1
-            if self._per_peer[host] <= 0:
-                del self._per_peer[host]
+            for counter, key in ((self._per_peer, host), (self._per_tenant, tenant)):
+                counter[key] -= 1
+                if counter[key] <= 0:
+                    del counter[key]
 
 
 def _too_many(limit: int, scope: str, who: str) -> errors.ServiceError:

@@ -65,8 +65,9 @@ class RemoteBlobStore:
         channel: grpc.Channel | None = None,
         spool_dir: str | os.PathLike[str] | None = None,
         retry_for_seconds: float = RETRY_FOR_SECONDS,
+        owns_channel: bool | None = None,
     ) -> None:
-        self._owns_channel = channel is None
+        self._owns_channel = channel is None if owns_channel is None else owns_channel
         self._channel = channel or grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
         self._stub = blob_service_pb2_grpc.BlobServiceStub(self._channel)
         self._metadata = ((LEASE_METADATA_KEY, lease_token),) if lease_token else ()

@@ -17,6 +17,8 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Callable
+from dataclasses import asdict
 from datetime import UTC, datetime
 
 import grpc
@@ -71,8 +73,15 @@ def _failure_status(line: dict) -> status_pb2.Status:
 class WorkerAgent:
     """Runs the dispatch session and the jobs of one worker process."""
 
-    def __init__(self, settings: WorkerSettings, pipelines: list[str]) -> None:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        pipelines: list[str],
+        on_replaced: Callable[[], None] | None = None,
+    ) -> None:
         self.settings = settings
+        self.replaced = False
+        self._on_replaced = on_replaced
         self.pipelines = sorted(pipelines)
         # Keyed by lease token: a job whose old attempt is still stopping may
         # already be assigned again.
@@ -107,6 +116,23 @@ class WorkerAgent:
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                     log.error("job-service refused this worker: %s", exc.details())
+                elif exc.code() == grpc.StatusCode.ABORTED and "replaced" in (exc.details() or ""):
+                    # Another process connected with this worker's identity: two
+                    # workers must never share one. This one stops.
+                    log.error("%s; this worker stops", exc.details())
+                    self.replaced = True
+                    if self._on_replaced is not None:
+                        self._on_replaced()
+                    break
+                elif exc.code() in (
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    grpc.StatusCode.PERMISSION_DENIED,
+                ):
+                    log.error(
+                        "job-service does not accept this worker's credentials (%s: %s); retrying",
+                        exc.code().name,
+                        exc.details(),
+                    )
                 else:
                     log.warning("job-service unreachable (%s); retrying", exc.code().name)
             except Exception:  # noqa: BLE001 - the session loop must outlive any one session
@@ -153,8 +179,8 @@ class WorkerAgent:
         queue: asyncio.Queue = asyncio.Queue()
         welcomed = False
         heartbeats: asyncio.Task | None = None
-        async with grpc.aio.insecure_channel(
-            self.settings.address, options=CHANNEL_OPTIONS
+        async with self.settings.client_security.aio_channel(
+            self.settings.address, CHANNEL_OPTIONS
         ) as channel:
             stub = dispatch_service_pb2_grpc.DispatchServiceStub(channel)
             call = stub.Connect(self._requests(queue))
@@ -288,6 +314,7 @@ class WorkerAgent:
                     job_service_address=self.settings.address,
                     lease_token=job.lease_token,
                     spool_dir=self.settings.spool_dir,
+                    credentials=asdict(self.settings.client_security),
                 )
 
                 async def relay(line: dict) -> None:

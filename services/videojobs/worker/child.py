@@ -31,12 +31,14 @@ from typing import Any, TextIO
 
 import cv2
 
+from videojobs.common.security import ClientSecurity
 from videojobs.pipelines import PipelineFailure, builtin_catalogue
 from videojobs.pipelines.media import identify_container
 from videojobs.pipelines.plan import split_key
 from videojobs.pipelines.runner import run_job
 from videojobs.storage import BlobStore, StorageKey, open_blob_store
 from videojobs.storage.blobstore import BlobNotFound, BlobStoreError, put_bytes
+from videojobs.storage.remote import CHANNEL_OPTIONS as REMOTE_CHANNEL_OPTIONS
 from videojobs.storage.remote import RemoteBlobStore
 from videojobs.worker.protocol import ChildTask
 
@@ -163,10 +165,13 @@ def open_task_store(task: ChildTask) -> BlobStore:
     shared storage named by `storage_url` (the direct optimisation)."""
     if task.storage_url:
         return open_blob_store(task.storage_url)
+    security = ClientSecurity(**task.credentials)
     return RemoteBlobStore(
         task.job_service_address,
         lease_token=task.lease_token,
         spool_dir=task.spool_dir or None,
+        channel=security.sync_channel(task.job_service_address, REMOTE_CHANNEL_OPTIONS),
+        owns_channel=True,
     )
 
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 
 import grpc
 
+from videojobs.common.auth import AuthFileError, AuthRegistry, Role
+from videojobs.common.auth_interceptor import AuthInterceptor
 from videojobs.common.config import run_until_signalled, setup_logging
 from videojobs.common.grpc_server import (
     SERVER_OPTIONS,
@@ -15,6 +18,7 @@ from videojobs.common.grpc_server import (
     bind,
     mark_serving,
 )
+from videojobs.common.security import SecurityConfigError, check_exposure
 from videojobs.pipelines import builtin_catalogue
 from videojobs.v1 import worker_service_pb2, worker_service_pb2_grpc
 from videojobs.worker.agent import WorkerAgent
@@ -24,6 +28,11 @@ from videojobs.worker.settings import WorkerSettings, parse_settings
 log = logging.getLogger(__name__)
 
 SERVICE_NAMES = [worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name]
+# WorkerService (status, drain) is for administrators only.
+WORKER_SERVICE_POLICY = {
+    f"/{SERVICE_NAMES[0]}/{method.name}": frozenset({Role.ADMIN})
+    for method in worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].methods
+}
 
 
 def resolve_pipelines(settings: WorkerSettings) -> list[str]:
@@ -42,13 +51,27 @@ def resolve_pipelines(settings: WorkerSettings) -> list[str]:
 
 async def serve(settings: WorkerSettings, stop_requested: asyncio.Event) -> None:
     """Runs the worker until drained."""
-    agent = WorkerAgent(settings, resolve_pipelines(settings))
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    warning = check_exposure(
+        settings.listen,
+        authenticated=bool(settings.auth_file),
+        tls=settings.tls is not None,
+        insecure=settings.insecure,
+        service="worker-service",
+    )
+    if warning:
+        log.warning(warning)
+        print(warning, file=sys.stderr, flush=True)
+    registry = AuthRegistry(settings.auth_file) if settings.auth_file else None
+    agent = WorkerAgent(settings, resolve_pipelines(settings), on_replaced=stop_requested.set)
+    server = grpc.aio.server(
+        options=SERVER_OPTIONS, interceptors=[AuthInterceptor(registry, WORKER_SERVICE_POLICY)]
+    )
     worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(
         WorkerServicer(agent, stop_requested), server
     )
     health = add_health_and_reflection(server, SERVICE_NAMES)
-    address = bind(server, settings.listen)
+    credentials = settings.tls.credentials() if settings.tls is not None else None
+    address = bind(server, settings.listen, credentials)
     await server.start()
     await mark_serving(health, SERVICE_NAMES)
     print(f"videojobs-worker: listening on {address}", flush=True)
@@ -72,8 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `videojobs-worker` command."""
     settings = parse_settings(argv)
     setup_logging(settings.log_level)
-
-    return run_until_signalled(lambda stop: serve(settings, stop))
+    try:
+        run_until_signalled(lambda stop: serve(settings, stop))
+    except (SecurityConfigError, AuthFileError) as exc:
+        print(f"videojobs-worker: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ stdout, each an object with a `type`:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
@@ -45,6 +45,8 @@ class ChildTask:
     job_service_address: str = ""
     lease_token: str = ""
     spool_dir: str = ""
+    # How to reach job-service: token and TLS files (common.security.ClientSecurity).
+    credentials: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""

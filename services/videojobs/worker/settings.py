@@ -5,14 +5,22 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from videojobs.common.config import (
     DEFAULT_ADDRESS,
     DEFAULT_DATA_DIR,
     DEFAULT_WORKER_LISTEN,
+    add_flag,
     add_option,
+)
+from videojobs.common.security import (
+    ClientSecurity,
+    SecurityConfigError,
+    ServerTls,
+    read_token,
+    server_tls,
 )
 from videojobs.pipelines.media import DEFAULT_MAX_FRAME_PIXELS
 
@@ -50,6 +58,12 @@ class WorkerSettings:
     child_memory_limit_mib: int = 0
     # Where inputs read through BlobService are spooled for the decoders.
     spool_dir: str = ""
+    # How it reaches job-service: its token and TLS (see common.security).
+    client_security: ClientSecurity = field(default_factory=ClientSecurity)
+    # Its own server (WorkerService): who may call it and its TLS.
+    auth_file: str = ""
+    tls: ServerTls | None = None
+    insecure: bool = False
 
     @property
     def child_memory_limit_bytes(self) -> int:
@@ -151,6 +165,49 @@ def parse_settings(argv: list[str] | None = None) -> WorkerSettings:
         f"{AUTO_CHILD_MEMORY_MAX_MIB}",
         int,
     )
+    add_option(
+        parser,
+        "--token-file",
+        "VIDEOJOBS_TOKEN_FILE",
+        "",
+        "file holding the worker's token for job-service (or set VIDEOJOBS_TOKEN)",
+    )
+    add_option(
+        parser, "--tls-ca", "VIDEOJOBS_TLS_CA", "", "PEM CA that signed job-service's certificate"
+    )
+    add_option(
+        parser,
+        "--tls-client-cert",
+        "VIDEOJOBS_TLS_CLIENT_CERT",
+        "",
+        "PEM certificate the worker presents to job-service (mutual TLS)",
+    )
+    add_option(
+        parser, "--tls-client-key", "VIDEOJOBS_TLS_CLIENT_KEY", "", "PEM key of --tls-client-cert"
+    )
+    add_option(
+        parser,
+        "--auth-file",
+        "VIDEOJOBS_AUTH_FILE",
+        "",
+        "who may call this worker's own WorkerService (admins); without one the worker "
+        "listens on loopback only",
+    )
+    add_option(parser, "--tls-cert", "VIDEOJOBS_TLS_CERT", "", "PEM certificate: serve TLS")
+    add_option(parser, "--tls-key", "VIDEOJOBS_TLS_KEY", "", "PEM private key of --tls-cert")
+    add_option(
+        parser,
+        "--tls-client-ca",
+        "VIDEOJOBS_TLS_CLIENT_CA",
+        "",
+        "PEM CA: require client certificates it signed on WorkerService (mutual TLS)",
+    )
+    add_flag(
+        parser,
+        "--insecure",
+        "VIDEOJOBS_INSECURE",
+        "listen beyond loopback without an auth file and TLS (a warning is printed)",
+    )
     add_option(parser, "--log-level", "VIDEOJOBS_LOG_LEVEL", "INFO", "logging level")
     args = parser.parse_args(argv)
     if not 1 <= args.concurrency <= 64:
@@ -162,6 +219,16 @@ def parse_settings(argv: list[str] | None = None) -> WorkerSettings:
     child_memory_limit_mib = args.child_memory_limit_mib or auto_child_memory_limit_mib(
         args.concurrency
     )
+    try:
+        client_security = ClientSecurity(
+            token=read_token(os.environ.get("VIDEOJOBS_TOKEN", ""), args.token_file),
+            ca=args.tls_ca,
+            cert=args.tls_client_cert,
+            key=args.tls_client_key,
+        )
+        tls = server_tls(args.tls_cert, args.tls_key, args.tls_client_ca)
+    except SecurityConfigError as exc:
+        parser.error(str(exc))
     spool_dir = Path(args.data_dir).expanduser().resolve() / "spool"
     spool_dir.mkdir(parents=True, exist_ok=True)
     pipelines = tuple(p.strip() for p in args.pipelines.split(",") if p.strip())
@@ -177,4 +244,8 @@ def parse_settings(argv: list[str] | None = None) -> WorkerSettings:
         max_frame_pixels=args.max_frame_pixels,
         child_memory_limit_mib=child_memory_limit_mib,
         spool_dir=str(spool_dir),
+        client_security=client_security,
+        auth_file=args.auth_file,
+        tls=tls,
+        insecure=args.insecure,
     )

@@ -45,6 +45,11 @@ class BlobServiceStub:
     the server's staged-upload lifetime (24 h by default).
     A key outside these rules is NOT_FOUND for reads (whether or not an object
     exists there) and PERMISSION_DENIED for writes.
+
+    With an auth file, "anyone" above means a `client` of the job's (or the
+    staged upload's) tenant, a worker proves its lease on top of the `worker`
+    role, and `admin` may read every key. Calls without credentials are
+    UNAUTHENTICATED.
     """
 
     def __init__(self, channel):
@@ -95,6 +100,11 @@ class BlobServiceServicer:
     the server's staged-upload lifetime (24 h by default).
     A key outside these rules is NOT_FOUND for reads (whether or not an object
     exists there) and PERMISSION_DENIED for writes.
+
+    With an auth file, "anyone" above means a `client` of the job's (or the
+    staged upload's) tenant, a worker proves its lease on top of the `worker`
+    role, and `admin` may read every key. Calls without credentials are
+    UNAUTHENTICATED.
     """
 
     def Read(self, request, context):
@@ -207,6 +217,11 @@ class BlobService:
     the server's staged-upload lifetime (24 h by default).
     A key outside these rules is NOT_FOUND for reads (whether or not an object
     exists there) and PERMISSION_DENIED for writes.
+
+    With an auth file, "anyone" above means a `client` of the job's (or the
+    staged upload's) tenant, a worker proves its lease on top of the `worker`
+    role, and `admin` may read every key. Calls without credentials are
+    UNAUTHENTICATED.
     """
 
     @staticmethod

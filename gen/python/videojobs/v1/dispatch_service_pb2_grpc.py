@@ -27,6 +27,10 @@ if _version_not_supported:
 
 class DispatchServiceStub:
     """DispatchService is served by job-service for workers; clients never call it.
+    With an auth file, only the `worker` and `admin` roles may connect, and the
+    worker id a worker announces must be the name its credential names (or
+    that name followed by `:` and a suffix). A second live stream of one worker
+    id replaces the first, which ends with ABORTED (reason SESSION_REPLACED).
     A worker opens one long-lived Connect stream, announces itself, and then
     receives assignments and sends back heartbeats, progress, partial results,
     completions and failures over it. Queued jobs are pushed to connected
@@ -69,6 +73,10 @@ class DispatchServiceStub:
 
 class DispatchServiceServicer:
     """DispatchService is served by job-service for workers; clients never call it.
+    With an auth file, only the `worker` and `admin` roles may connect, and the
+    worker id a worker announces must be the name its credential names (or
+    that name followed by `:` and a suffix). A second live stream of one worker
+    id replaces the first, which ends with ABORTED (reason SESSION_REPLACED).
     A worker opens one long-lived Connect stream, announces itself, and then
     receives assignments and sends back heartbeats, progress, partial results,
     completions and failures over it. Queued jobs are pushed to connected
@@ -127,6 +135,10 @@ def add_DispatchServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class DispatchService:
     """DispatchService is served by job-service for workers; clients never call it.
+    With an auth file, only the `worker` and `admin` roles may connect, and the
+    worker id a worker announces must be the name its credential names (or
+    that name followed by `:` and a suffix). A second live stream of one worker
+    id replaces the first, which ends with ABORTED (reason SESSION_REPLACED).
     A worker opens one long-lived Connect stream, announces itself, and then
     receives assignments and sends back heartbeats, progress, partial results,
     completions and failures over it. Queued jobs are pushed to connected

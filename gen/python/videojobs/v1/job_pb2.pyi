@@ -50,7 +50,7 @@ JOB_STATE_FAILED: JobState
 JOB_STATE_CANCELLED: JobState
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "state", "pipeline", "parameters", "progress", "attempt", "input_key", "output_key", "artifacts", "error", "create_time", "start_time", "end_time", "summary", "file_name", "input_size_bytes", "input_sha256", "request_id", "last_event_sequence", "max_attempts", "priority", "execution_timeout", "queue_timeout", "attempts", "next_attempt_time", "pipelines", "warnings", "input_format", "input_remove_time")
+    __slots__ = ("job_id", "state", "pipeline", "parameters", "progress", "attempt", "input_key", "output_key", "artifacts", "error", "create_time", "start_time", "end_time", "summary", "file_name", "input_size_bytes", "input_sha256", "request_id", "last_event_sequence", "max_attempts", "priority", "execution_timeout", "queue_timeout", "attempts", "next_attempt_time", "pipelines", "warnings", "input_format", "input_remove_time", "tenant")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     PIPELINE_FIELD_NUMBER: _ClassVar[int]
@@ -80,6 +80,7 @@ class Job(_message.Message):
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
     INPUT_FORMAT_FIELD_NUMBER: _ClassVar[int]
     INPUT_REMOVE_TIME_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: JobState
     pipeline: str
@@ -109,7 +110,8 @@ class Job(_message.Message):
     warnings: _containers.RepeatedScalarFieldContainer[str]
     input_format: str
     input_remove_time: _timestamp_pb2.Timestamp
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., pipeline: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., attempt: _Optional[int] = ..., input_key: _Optional[str] = ..., output_key: _Optional[str] = ..., artifacts: _Optional[_Iterable[_Union[Artifact, _Mapping]]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., summary: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., file_name: _Optional[str] = ..., input_size_bytes: _Optional[int] = ..., input_sha256: _Optional[str] = ..., request_id: _Optional[str] = ..., last_event_sequence: _Optional[int] = ..., max_attempts: _Optional[int] = ..., priority: _Optional[int] = ..., execution_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., queue_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., next_attempt_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pipelines: _Optional[_Iterable[str]] = ..., warnings: _Optional[_Iterable[str]] = ..., input_format: _Optional[str] = ..., input_remove_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    tenant: str
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., pipeline: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., attempt: _Optional[int] = ..., input_key: _Optional[str] = ..., output_key: _Optional[str] = ..., artifacts: _Optional[_Iterable[_Union[Artifact, _Mapping]]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., summary: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., file_name: _Optional[str] = ..., input_size_bytes: _Optional[int] = ..., input_sha256: _Optional[str] = ..., request_id: _Optional[str] = ..., last_event_sequence: _Optional[int] = ..., max_attempts: _Optional[int] = ..., priority: _Optional[int] = ..., execution_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., queue_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., next_attempt_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pipelines: _Optional[_Iterable[str]] = ..., warnings: _Optional[_Iterable[str]] = ..., input_format: _Optional[str] = ..., input_remove_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class Attempt(_message.Message):
     __slots__ = ("number", "worker_id", "start_time", "end_time", "outcome", "error")

@@ -27,7 +27,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from videojobs.v1 import job_pb2 as videojobs_dot_v1_dot_job__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1evideojobs/v1/job_service.proto\x12\x0cvideojobs.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x16videojobs/v1/job.proto\"^\n\x12SubmitVideoRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.videojobs.v1.UploadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"\xe1\x02\n\x0cUploadHeader\x12\x11\n\tfile_name\x18\x01 \x01(\t\x12\x10\n\x08pipeline\x18\x02 \x01(\t\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x1b\n\x13\x65xpected_size_bytes\x18\x05 \x01(\x03\x12\x17\n\x0f\x65xpected_sha256\x18\x06 \x01(\t\x12\x14\n\x0cmax_attempts\x18\x07 \x01(\x05\x12\x10\n\x08priority\x18\x08 \x01(\x05\x12\x34\n\x11\x65xecution_timeout\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\rqueue_timeout\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tpipelines\x18\x0b \x03(\t\x12\x12\n\nupload_key\x18\x0c \x01(\t\"5\n\x13SubmitVideoResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.videojobs.v1.Job\"\"\n\x10GetStatusRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"3\n\x11GetStatusResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.videojobs.v1.Job\">\n\x14StreamResultsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\">\n\x15StreamResultsResponse\x12%\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x16.videojobs.v1.JobEvent\"r\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12&\n\x06states\x18\x03 \x03(\x0e\x32\x16.videojobs.v1.JobState\x12\x10\n\x08pipeline\x18\x04 \x01(\t\"L\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.videojobs.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"3\n\x11\x43\x61ncelJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.videojobs.v1.Job\"\"\n\x10\x44\x65leteJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"*\n\x11\x44\x65leteJobResponse\x12\x15\n\rdeleted_blobs\x18\x01 \x01(\x03\x32\xf3\x03\n\nJobService\x12T\n\x0bSubmitVideo\x12 .videojobs.v1.SubmitVideoRequest\x1a!.videojobs.v1.SubmitVideoResponse(\x01\x12L\n\tGetStatus\x12\x1e.videojobs.v1.GetStatusRequest\x1a\x1f.videojobs.v1.GetStatusResponse\x12Z\n\rStreamResults\x12\".videojobs.v1.StreamResultsRequest\x1a#.videojobs.v1.StreamResultsResponse0\x01\x12I\n\x08ListJobs\x12\x1d.videojobs.v1.ListJobsRequest\x1a\x1e.videojobs.v1.ListJobsResponse\x12L\n\tCancelJob\x12\x1e.videojobs.v1.CancelJobRequest\x1a\x1f.videojobs.v1.CancelJobResponse\x12L\n\tDeleteJob\x12\x1e.videojobs.v1.DeleteJobRequest\x1a\x1f.videojobs.v1.DeleteJobResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1evideojobs/v1/job_service.proto\x12\x0cvideojobs.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x16videojobs/v1/job.proto\"^\n\x12SubmitVideoRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.videojobs.v1.UploadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"\xe1\x02\n\x0cUploadHeader\x12\x11\n\tfile_name\x18\x01 \x01(\t\x12\x10\n\x08pipeline\x18\x02 \x01(\t\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x1b\n\x13\x65xpected_size_bytes\x18\x05 \x01(\x03\x12\x17\n\x0f\x65xpected_sha256\x18\x06 \x01(\t\x12\x14\n\x0cmax_attempts\x18\x07 \x01(\x05\x12\x10\n\x08priority\x18\x08 \x01(\x05\x12\x34\n\x11\x65xecution_timeout\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\rqueue_timeout\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tpipelines\x18\x0b \x03(\t\x12\x12\n\nupload_key\x18\x0c \x01(\t\"5\n\x13SubmitVideoResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.videojobs.v1.Job\"\"\n\x10GetStatusRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"3\n\x11GetStatusResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.videojobs.v1.Job\">\n\x14StreamResultsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\">\n\x15StreamResultsResponse\x12%\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x16.videojobs.v1.JobEvent\"\x82\x01\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12&\n\x06states\x18\x03 \x03(\x0e\x32\x16.videojobs.v1.JobState\x12\x10\n\x08pipeline\x18\x04 \x01(\t\x12\x0e\n\x06tenant\x18\x05 \x01(\t\"L\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.videojobs.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"3\n\x11\x43\x61ncelJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.videojobs.v1.Job\"\"\n\x10\x44\x65leteJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"*\n\x11\x44\x65leteJobResponse\x12\x15\n\rdeleted_blobs\x18\x01 \x01(\x03\x32\xf3\x03\n\nJobService\x12T\n\x0bSubmitVideo\x12 .videojobs.v1.SubmitVideoRequest\x1a!.videojobs.v1.SubmitVideoResponse(\x01\x12L\n\tGetStatus\x12\x1e.videojobs.v1.GetStatusRequest\x1a\x1f.videojobs.v1.GetStatusResponse\x12Z\n\rStreamResults\x12\".videojobs.v1.StreamResultsRequest\x1a#.videojobs.v1.StreamResultsResponse0\x01\x12I\n\x08ListJobs\x12\x1d.videojobs.v1.ListJobsRequest\x1a\x1e.videojobs.v1.ListJobsResponse\x12L\n\tCancelJob\x12\x1e.videojobs.v1.CancelJobRequest\x1a\x1f.videojobs.v1.CancelJobResponse\x12L\n\tDeleteJob\x12\x1e.videojobs.v1.DeleteJobRequest\x1a\x1f.videojobs.v1.DeleteJobResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,18 +48,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STREAMRESULTSREQUEST']._serialized_end=792
   _globals['_STREAMRESULTSRESPONSE']._serialized_start=794
   _globals['_STREAMRESULTSRESPONSE']._serialized_end=856
-  _globals['_LISTJOBSREQUEST']._serialized_start=858
-  _globals['_LISTJOBSREQUEST']._serialized_end=972
-  _globals['_LISTJOBSRESPONSE']._serialized_start=974
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1050
-  _globals['_CANCELJOBREQUEST']._serialized_start=1052
-  _globals['_CANCELJOBREQUEST']._serialized_end=1102
-  _globals['_CANCELJOBRESPONSE']._serialized_start=1104
-  _globals['_CANCELJOBRESPONSE']._serialized_end=1155
-  _globals['_DELETEJOBREQUEST']._serialized_start=1157
-  _globals['_DELETEJOBREQUEST']._serialized_end=1191
-  _globals['_DELETEJOBRESPONSE']._serialized_start=1193
-  _globals['_DELETEJOBRESPONSE']._serialized_end=1235
-  _globals['_JOBSERVICE']._serialized_start=1238
-  _globals['_JOBSERVICE']._serialized_end=1737
+  _globals['_LISTJOBSREQUEST']._serialized_start=859
+  _globals['_LISTJOBSREQUEST']._serialized_end=989
+  _globals['_LISTJOBSRESPONSE']._serialized_start=991
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1067
+  _globals['_CANCELJOBREQUEST']._serialized_start=1069
+  _globals['_CANCELJOBREQUEST']._serialized_end=1119
+  _globals['_CANCELJOBRESPONSE']._serialized_start=1121
+  _globals['_CANCELJOBRESPONSE']._serialized_end=1172
+  _globals['_DELETEJOBREQUEST']._serialized_start=1174
+  _globals['_DELETEJOBREQUEST']._serialized_end=1208
+  _globals['_DELETEJOBRESPONSE']._serialized_start=1210
+  _globals['_DELETEJOBRESPONSE']._serialized_end=1252
+  _globals['_JOBSERVICE']._serialized_start=1255
+  _globals['_JOBSERVICE']._serialized_end=1754
 # @@protoc_insertion_point(module_scope)

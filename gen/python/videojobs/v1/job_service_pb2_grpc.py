@@ -30,6 +30,15 @@ class JobServiceStub:
     job, list and cancel jobs. Errors carry `google.rpc.Status` details:
     `google.rpc.BadRequest` field violations for invalid input and a
     `google.rpc.ErrorInfo` with an UPPER_SNAKE reason (domain `videojobs.dev`).
+
+    Callers authenticate with `authorization: Bearer <token>` metadata (or a
+    client certificate under mutual TLS) when the server has an auth file. Every
+    RPC may then fail with UNAUTHENTICATED (no or an unknown credential; reason
+    CREDENTIALS_MISSING, TOKEN_UNKNOWN, or TOKEN_REVOKED for a stream whose
+    token was revoked) or PERMISSION_DENIED (reason ROLE_NOT_ALLOWED: the
+    `client` and `admin` roles may call JobService). A client sees only its
+    tenant's jobs: another tenant's job is NOT_FOUND, exactly like one that
+    does not exist.
     """
 
     def __init__(self, channel):
@@ -75,6 +84,15 @@ class JobServiceServicer:
     job, list and cancel jobs. Errors carry `google.rpc.Status` details:
     `google.rpc.BadRequest` field violations for invalid input and a
     `google.rpc.ErrorInfo` with an UPPER_SNAKE reason (domain `videojobs.dev`).
+
+    Callers authenticate with `authorization: Bearer <token>` metadata (or a
+    client certificate under mutual TLS) when the server has an auth file. Every
+    RPC may then fail with UNAUTHENTICATED (no or an unknown credential; reason
+    CREDENTIALS_MISSING, TOKEN_UNKNOWN, or TOKEN_REVOKED for a stream whose
+    token was revoked) or PERMISSION_DENIED (reason ROLE_NOT_ALLOWED: the
+    `client` and `admin` roles may call JobService). A client sees only its
+    tenant's jobs: another tenant's job is NOT_FOUND, exactly like one that
+    does not exist.
     """
 
     def SubmitVideo(self, request_iterator, context):
@@ -229,6 +247,15 @@ class JobService:
     job, list and cancel jobs. Errors carry `google.rpc.Status` details:
     `google.rpc.BadRequest` field violations for invalid input and a
     `google.rpc.ErrorInfo` with an UPPER_SNAKE reason (domain `videojobs.dev`).
+
+    Callers authenticate with `authorization: Bearer <token>` metadata (or a
+    client certificate under mutual TLS) when the server has an auth file. Every
+    RPC may then fail with UNAUTHENTICATED (no or an unknown credential; reason
+    CREDENTIALS_MISSING, TOKEN_UNKNOWN, or TOKEN_REVOKED for a stream whose
+    token was revoked) or PERMISSION_DENIED (reason ROLE_NOT_ALLOWED: the
+    `client` and `admin` roles may call JobService). A client sees only its
+    tenant's jobs: another tenant's job is NOT_FOUND, exactly like one that
+    does not exist.
     """
 
     @staticmethod

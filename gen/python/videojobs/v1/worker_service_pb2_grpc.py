@@ -28,7 +28,8 @@ if _version_not_supported:
 class WorkerServiceStub:
     """WorkerService is served by every worker process on its own port, for
     operators and orchestration: what the worker is doing, and a way to drain
-    it before it is stopped.
+    it before it is stopped. With an auth file on the worker, only the `admin`
+    role may call it (UNAUTHENTICATED / PERMISSION_DENIED otherwise).
     """
 
     def __init__(self, channel):
@@ -52,7 +53,8 @@ class WorkerServiceStub:
 class WorkerServiceServicer:
     """WorkerService is served by every worker process on its own port, for
     operators and orchestration: what the worker is doing, and a way to drain
-    it before it is stopped.
+    it before it is stopped. With an auth file on the worker, only the `admin`
+    role may call it (UNAUTHENTICATED / PERMISSION_DENIED otherwise).
     """
 
     def GetWorkerStatus(self, request, context):
@@ -94,7 +96,8 @@ def add_WorkerServiceServicer_to_server(servicer, server):
 class WorkerService:
     """WorkerService is served by every worker process on its own port, for
     operators and orchestration: what the worker is doing, and a way to drain
-    it before it is stopped.
+    it before it is stopped. With an auth file on the worker, only the `admin`
+    role may call it (UNAUTHENTICATED / PERMISSION_DENIED otherwise).
     """
 
     @staticmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from videojobs.common.auth import current_principal
 from videojobs.common.grpc_errors import maps_service_errors
 from videojobs.jobservice.api import convert
 from videojobs.jobservice.blobs import BlobAccess, WriteChunk
@@ -34,7 +35,11 @@ class BlobServicer(blob_service_pb2_grpc.BlobServiceServicer):
     async def Read(self, request, context) -> AsyncIterator[pb.ReadResponse]:
         first = True
         async for chunk, size in self._access.read(
-            request.key, request.read_offset, request.read_limit, lease_token_of(context)
+            request.key,
+            request.read_offset,
+            request.read_limit,
+            current_principal(),
+            lease_token_of(context),
         ):
             yield pb.ReadResponse(data=chunk, size_bytes=size if first else 0)
             first = False
@@ -47,19 +52,23 @@ class BlobServicer(blob_service_pb2_grpc.BlobServiceServicer):
                     message.key, message.write_offset, message.data, message.finish_write
                 )
 
-        status = await self._access.write(chunks(), lease_token_of(context), context.peer())
+        status = await self._access.write(
+            chunks(), current_principal(), lease_token_of(context), context.peer()
+        )
         return pb.WriteResponse(committed_size=status.committed_size, complete=status.complete)
 
     @maps_service_errors
     async def QueryWriteStatus(self, request, context) -> pb.QueryWriteStatusResponse:
-        status = await self._access.status(request.key, lease_token_of(context))
+        status = await self._access.status(
+            request.key, current_principal(), lease_token_of(context)
+        )
         return pb.QueryWriteStatusResponse(
             committed_size=status.committed_size, complete=status.complete
         )
 
     @maps_service_errors
     async def GetBlobInfo(self, request, context) -> pb.GetBlobInfoResponse:
-        info = await self._access.info(request.key, lease_token_of(context))
+        info = await self._access.info(request.key, current_principal(), lease_token_of(context))
         return pb.GetBlobInfoResponse(
             key=info.key.value,
             size_bytes=info.size_bytes,

@@ -153,6 +153,7 @@ def job(value: domain.Job) -> job_pb2.Job:
         warnings=list(value.warnings),
         input_format=value.input_format,
         input_remove_time=timestamp(value.input_removed_at),
+        tenant=value.tenant,
     )
     if value.error is not None:
         message.error.CopyFrom(

@@ -18,10 +18,12 @@ from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2
 
 from videojobs.common import errors
+from videojobs.common.auth import current_principal
 from videojobs.common.grpc_errors import maps_service_errors
 from videojobs.common.text import clean_text
 from videojobs.jobservice.api import convert
 from videojobs.jobservice.dispatch import (
+    SESSION_REPLACED,
     DispatchCoordinator,
     StopOrder,
     WorkerHello,
@@ -108,14 +110,15 @@ class DispatchServicer(dispatch_service_pb2_grpc.DispatchServiceServicer):
         hello = first.hello
         held = _leases(hello.held_leases, "hello.held_leases")
         session = await self._coordinator.open_session(
-            WorkerHello(
+            principal=current_principal(),
+            hello=WorkerHello(
                 worker_id=hello.worker_id,
                 pipelines=frozenset(hello.pipelines),
                 max_concurrent_jobs=hello.max_concurrent_jobs,
                 held_leases=held,
                 version=hello.version,
                 draining=hello.draining,
-            )
+            ),
         )
         reader = asyncio.create_task(self._read(session, request_iterator))
         reader.add_done_callback(lambda _: session.outbox.put_nowait(_END_OF_STREAM))
@@ -131,6 +134,12 @@ class DispatchServicer(dispatch_service_pb2_grpc.DispatchServiceServicer):
                 item = await session.outbox.get()
                 if item is _END_OF_STREAM:
                     break
+                if item is SESSION_REPLACED:
+                    raise errors.ServiceError(
+                        f"a newer session of worker {session.worker_id} replaced this one",
+                        "ABORTED",
+                        "SESSION_REPLACED",
+                    )
                 yield _to_response(item)
             # The reader ended: the worker closed its side, its connection
             # broke, or it sent something malformed (which the worker hears).

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from videojobs.common import errors
+from videojobs.common.auth import current_principal
 from videojobs.common.grpc_errors import maps_service_errors
 from videojobs.jobservice.api import convert
 from videojobs.jobservice.cancel import CancelService
@@ -67,12 +68,15 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             pipelines=tuple(header.pipelines),
             upload_key=header.upload_key,
         )
-        job = await self._submit.submit(upload, _chunks(request_iterator), context.peer())
+        principal = current_principal()
+        job = await self._submit.submit(
+            upload, _chunks(request_iterator), context.peer(), principal.tenant
+        )
         return job_service_pb2.SubmitVideoResponse(job=convert.job(job))
 
     @maps_service_errors
     async def GetStatus(self, request, context) -> job_service_pb2.GetStatusResponse:
-        job = await self._queries.get(request.job_id)
+        job = await self._queries.get(request.job_id, current_principal())
         return job_service_pb2.GetStatusResponse(job=convert.job(job))
 
     @maps_service_errors
@@ -81,7 +85,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             raise errors.invalid_argument(
                 "after_sequence must not be negative", [("after_sequence", "must be 0 or more")]
             )
-        async for event in self._feed.follow(request.job_id, request.after_sequence):
+        async for event in self._feed.follow(
+            request.job_id, request.after_sequence, current_principal()
+        ):
             yield job_service_pb2.StreamResultsResponse(event=convert.event(event))
 
     @maps_service_errors
@@ -102,6 +108,8 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             render=convert.job,
             size_of=lambda message: message.ByteSize(),
             max_page_bytes=MAX_LIST_PAGE_BYTES,
+            principal=current_principal(),
+            tenant=request.tenant,
         )
         return job_service_pb2.ListJobsResponse(
             jobs=page.jobs, next_page_token=page.next_page_token
@@ -109,12 +117,12 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
 
     @maps_service_errors
     async def CancelJob(self, request, context) -> job_service_pb2.CancelJobResponse:
-        job = await self._cancel.cancel(request.job_id, request.reason)
+        job = await self._cancel.cancel(request.job_id, request.reason, current_principal())
         return job_service_pb2.CancelJobResponse(job=convert.job(job))
 
     @maps_service_errors
     async def DeleteJob(self, request, context) -> job_service_pb2.DeleteJobResponse:
-        removed = await self._deletion.delete(request.job_id)
+        removed = await self._deletion.delete(request.job_id, current_principal())
         return job_service_pb2.DeleteJobResponse(deleted_blobs=removed)
 
 

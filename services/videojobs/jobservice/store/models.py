@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -63,7 +64,9 @@ class JobRow(Base):
 
     position: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(String(32), unique=True)
-    request_id: Mapped[str | None] = mapped_column(String(128), unique=True)
+    # The tenant the job belongs to (0007); idempotency keys are per tenant.
+    tenant: Mapped[str] = mapped_column(String(64), server_default="default")
+    request_id: Mapped[str | None] = mapped_column(String(128))
     request_fingerprint: Mapped[str | None] = mapped_column(String(64))
     pipeline: Mapped[str] = mapped_column(String(64))
     parameters: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -118,6 +121,9 @@ class JobRow(Base):
         Index("ix_jobs_state_execution_deadline_at", "state", "execution_deadline_at"),
         Index("ix_jobs_state_queue_deadline_at", "state", "queue_deadline_at"),
         Index("ix_jobs_state_updated_at", "state", "updated_at"),
+        Index("ix_jobs_tenant_state", "tenant", "state"),
+        Index("ix_jobs_tenant_position", "tenant", "position"),
+        UniqueConstraint("tenant", "request_id", name="uq_jobs_tenant_request_id"),
     )
 
 
@@ -179,3 +185,14 @@ class ServerSecretRow(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(String(128))
+
+
+class StagedUploadRow(Base):
+    """Who owns a staged upload (`uploads/{id}`): only its tenant may write,
+    query, read or submit it."""
+
+    __tablename__ = "staged_uploads"
+
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)

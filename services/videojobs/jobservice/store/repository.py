@@ -31,6 +31,7 @@ from videojobs.jobservice.store.models import (
     AttemptRow,
     EventRow,
     JobRow,
+    StagedUploadRow,
     UtcDateTime,
 )
 from videojobs.storage import StorageKey
@@ -57,10 +58,38 @@ class JobRepository:
         row = await self.get_row(job_id)
         return None if row is None else await self.to_domain(row)
 
-    async def get_row_by_request_id(self, request_id: str) -> JobRow | None:
-        """The job created with this idempotency key, or None."""
-        statement = select(JobRow).where(JobRow.request_id == request_id)
+    async def get_row_by_request_id(self, tenant: str, request_id: str) -> JobRow | None:
+        """The job a tenant created with this idempotency key, or None."""
+        statement = select(JobRow).where(JobRow.tenant == tenant, JobRow.request_id == request_id)
         return (await self.session.execute(statement)).scalar_one_or_none()
+
+    async def count_queued(self, tenant: str) -> int:
+        """How many of a tenant's jobs wait in the queue."""
+        statement = select(func.count()).where(
+            JobRow.tenant == tenant, JobRow.state == JobState.QUEUED.value
+        )
+        return int((await self.session.execute(statement)).scalar_one())
+
+    async def staged_upload_owner(self, key: str) -> str | None:
+        """The tenant that owns a staged upload, or None when nobody does yet."""
+        row = await self.session.get(StagedUploadRow, key)
+        return None if row is None else row.tenant
+
+    async def claim_staged_upload(self, key: str, tenant: str) -> None:
+        """Records `tenant` as the owner of a new staged upload."""
+        self.session.add(StagedUploadRow(key=key, tenant=tenant, created_at=utc_now()))
+        await self.session.flush()
+
+    async def forget_staged_uploads_before(self, cutoff: datetime) -> int:
+        """Drops owner records of staged uploads started before `cutoff`."""
+        result = await self.session.execute(
+            delete(StagedUploadRow).where(StagedUploadRow.created_at < cutoff)
+        )
+        return result.rowcount or 0
+
+    async def forget_staged_upload(self, key: str) -> None:
+        """Drops the owner record of a staged upload that is gone."""
+        await self.session.execute(delete(StagedUploadRow).where(StagedUploadRow.key == key))
 
     async def list_page(
         self,
@@ -69,9 +98,13 @@ class JobRepository:
         pipeline: str,
         before_position: int | None,
         limit: int,
+        tenant: str | None = None,
     ) -> list[tuple[int, Job]]:
-        """Up to `limit` jobs, newest first, older than `before_position` when given."""
+        """Up to `limit` jobs, newest first, older than `before_position` when
+        given, of `tenant` only when given."""
         statement = select(JobRow).order_by(JobRow.position.desc()).limit(limit)
+        if tenant is not None:
+            statement = statement.where(JobRow.tenant == tenant)
         if states:
             statement = statement.where(JobRow.state.in_([s.value for s in states]))
         if pipeline:
@@ -478,6 +511,7 @@ def _to_job(
         lease_token=row.lease_token,
         input_format=row.input_format or "",
         input_removed_at=row.input_removed_at,
+        tenant=row.tenant,
     )
 
 
