@@ -71,6 +71,14 @@ bench: $(INSTALLED) ## Run the benchmarks.
 	$(PY) bench/bench_service.py
 	$(PY) bench/bench_storage.py
 	$(PY) bench/bench_pipelines.py
+	$(PY) bench/bench_replicas.py
+	$(PY) bench/bench_peers.py $(BENCH_PEERS_ARGS)
+
+BENCH_PEERS_ARGS ?=
+
+.PHONY: bench-peers
+bench-peers: $(INSTALLED) ## videojobs against Celery, RQ, Dramatiq and a process pool (BENCH_PEERS_ARGS=--quick).
+	$(PY) bench/bench_peers.py $(BENCH_PEERS_ARGS)
 
 .PHONY: clean
 clean: ## Remove the virtualenv and local data.

@@ -60,9 +60,10 @@ def test_pipeline_child_does_not_outlive_a_killed_worker(stack, sample_mp4):
     stack.start_server()
     api = Api(stack.address)
     worker = stack.start_worker("parent")
-    # A job whose child we can catch: freeze the child as soon as it exists.
-    job = api.submit(sample_mp4, verify_frames=50, count_frames=True)
+    # Freeze the warm pipeline process, then give it a job: it hangs in it.
     children = eventually_sync(lambda: child_pids(worker.pid), timeout=30, what="pipeline child")
+    job = api.submit(sample_mp4, verify_frames=50, count_frames=True)
+    api.wait_until(job.job_id, lambda j: j.state == job_pb2.JOB_STATE_RUNNING, what="assignment")
     for pid in children:
         try:
             import os
@@ -79,7 +80,7 @@ def test_pipeline_child_does_not_outlive_a_killed_worker(stack, sample_mp4):
         except ProcessLookupError:
             pass
 
-    # Once running again, the orphan sees its stdin closed and exits by itself.
+    # The orphans die with their worker (PR_SET_PDEATHSIG), frozen or not.
     def gone():
         import os
 

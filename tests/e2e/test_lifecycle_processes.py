@@ -30,10 +30,24 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _pipeline_child(worker) -> int:
-    """The pid of the worker's pipeline child, as soon as it exists."""
-    return eventually_sync(
+def _frozen_child(worker) -> int:
+    """Freezes (SIGSTOP) the warm pipeline process of a worker of concurrency
+    1 and returns its pid: the next job it is given hangs in it, mid-run and
+    deaf to everything but SIGKILL."""
+    pid = eventually_sync(
         lambda: (child_pids(worker.pid) or [None])[0], timeout=30, what="a pipeline child"
+    )
+    os.kill(pid, signal.SIGSTOP)
+    return pid
+
+
+def _running_on(api, worker, job_id: str) -> None:
+    """Waits until the worker holds the job (its task is in the child's hands)."""
+    api.wait_until(job_id, lambda j: j.state == job_pb2.JOB_STATE_RUNNING, what="assignment")
+    eventually_sync(
+        lambda: [j for j in worker_status(worker).jobs if j.job_id == job_id],
+        timeout=10,
+        what="the worker to run the job",
     )
 
 
@@ -83,8 +97,10 @@ def test_crashed_pipeline_process_is_retried(stack, sample_mp4):
     stack.start_server(**FAST)
     api = Api(stack.address)
     worker = stack.start_worker("crashy")
+    child = _frozen_child(worker)
     job = api.submit(sample_mp4)
-    os.kill(_pipeline_child(worker), signal.SIGKILL)
+    _running_on(api, worker, job.job_id)
+    os.kill(child, signal.SIGKILL)
     done = api.wait_terminal(job.job_id)
     assert done.state == job_pb2.JOB_STATE_SUCCEEDED
     assert [a.outcome for a in done.attempts] == [
@@ -104,9 +120,8 @@ def test_hanging_pipeline_hits_the_execution_timeout(stack, sample_mp4):
     stack.start_server(**FAST)
     api = Api(stack.address)
     worker = stack.start_worker("patient")
+    child = _frozen_child(worker)  # the pipeline will hang
     job = api.submit_with(sample_mp4, execution_timeout=1.5, max_attempts=2)
-    child = _pipeline_child(worker)
-    os.kill(child, signal.SIGSTOP)  # the pipeline hangs
     done = api.wait_terminal(job.job_id)
     assert done.state == job_pb2.JOB_STATE_SUCCEEDED
     assert [a.outcome for a in done.attempts] == [
@@ -122,9 +137,9 @@ def test_cancel_stops_a_running_pipeline(stack, sample_mp4):
     stack.start_server(**FAST)
     api = Api(stack.address)
     worker = stack.start_worker("obedient")
+    child = _frozen_child(worker)  # mid-run, and deaf to a polite stop
     job = api.submit(sample_mp4)
-    child = _pipeline_child(worker)
-    os.kill(child, signal.SIGSTOP)  # mid-run, and deaf to a polite stop
+    _running_on(api, worker, job.job_id)
     cancelled_at = time.monotonic()
     cancelled = api.cancel(job.job_id)
     assert cancelled.state == job_pb2.JOB_STATE_CANCELLED
@@ -146,8 +161,9 @@ def test_drain_hands_back_what_does_not_finish_in_time(stack, sample_mp4):
     stack.start_server(**FAST)
     api = Api(stack.address)
     worker = stack.start_worker("draining", VIDEOJOBS_WORKER_DRAIN_GRACE="1")
+    _frozen_child(worker)
     job = api.submit(sample_mp4)
-    os.kill(_pipeline_child(worker), signal.SIGSTOP)
+    _running_on(api, worker, job.job_id)
     assert worker.terminate(timeout=30) == 0
     requeued = api.wait_until(
         job.job_id, lambda j: j.state == job_pb2.JOB_STATE_QUEUED, what="hand-back"

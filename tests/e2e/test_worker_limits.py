@@ -26,6 +26,7 @@ from videojobs.stack.sample_video import write_frames, write_sample_video
 from videojobs.storage import StorageKey, open_blob_store
 from videojobs.storage.blobstore import put_bytes
 from videojobs.v1 import job_pb2
+from videojobs.worker.pool import ChildPool
 from videojobs.worker.protocol import ChildTask
 from videojobs.worker.runner import RunningJob, child_environment, run_child
 from videojobs.worker.settings import AUTO_CHILD_MEMORY_MIN_MIB, MIB
@@ -42,10 +43,11 @@ HEADROOM_MIB = 160
 
 
 def child_baseline_bytes() -> int:
-    """VmSize of a fresh child process after the child module's imports,
-    with the environment run_child gives it."""
+    """VmSize of a fresh child process after its warm-up (every pipeline
+    imported), with the environment the pool gives it."""
     script = (
-        "import videojobs.worker.child\n"
+        "import videojobs.worker.child as child\n"
+        "child.warm_up()\n"
         "print(next(l for l in open('/proc/self/status') if l.startswith('VmSize:')).split()[1])"
     )
     finished = subprocess.run(
@@ -106,13 +108,22 @@ def _task(storage: Path, key: str, pipeline: str, memory_limit_bytes: int, **ext
 
 
 async def _run(task: ChildTask) -> tuple[dict, list[dict], RunningJob]:
+    """Runs `task` in a warm child of a one-process pool, then closes the
+    pool (the child, if it did not crash, exits when its stdin closes)."""
     job = RunningJob(job_id=task.job_id, attempt=1, lease_token="lease", pipeline=task.pipeline)
     reports: list[dict] = []
 
     async def report(line: dict) -> None:
         reports.append(line)
 
-    terminal = await run_child(job, task, report)
+    pool = ChildPool(
+        1, memory_limit_bytes=task.memory_limit_bytes, max_jobs_per_child=10, max_rss_bytes=0
+    )
+    await pool.start()
+    try:
+        terminal = await run_child(job, task, report, pool)
+    finally:
+        await pool.close()
     return terminal, reports, job
 
 
@@ -137,7 +148,7 @@ async def test_a_job_over_the_memory_limit_fails_as_resource_exhausted(
         "reason": "MEMORY_LIMIT_EXCEEDED",
         "retryable": False,
     }
-    assert job.process.returncode == 0  # reported, not crashed
+    assert job.child.process.returncode == 0  # reported, not crashed
     assert not open_blob_store(str(storage_with_8k)).exists(
         StorageKey("jobs/j/attempts/1/results.json")
     )
@@ -147,7 +158,7 @@ async def test_the_same_job_without_a_limit_succeeds(storage_with_8k):
     task = _task(storage_with_8k, "jobs/j/input/source.mp4", "scenes", 0)
     terminal, _, job = await _run(task)
     assert terminal["type"] == "completed", terminal
-    assert job.process.returncode == 0
+    assert job.child.process.returncode == 0
     store = open_blob_store(str(storage_with_8k))
     with store.open_read(StorageKey(terminal["output_key"])) as handle:
         document = json.load(handle)

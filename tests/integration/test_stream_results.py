@@ -172,3 +172,55 @@ async def test_negative_after_sequence_is_invalid(job_service, sample_mp4):
     error = rich_error(caught.value)
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "after_sequence" in error.violations
+
+
+async def test_live_events_reach_a_follower_without_reading_the_database(job_service, sample_mp4):
+    """Events this replica commits reach its followers from memory: following
+    a job through 30 live events costs a handful of database reads (the
+    replay), not several per event; the events are exactly those stored."""
+    job = await submit(job_service.stub, sample_mp4)
+    database = job_service.app.database
+    reads = 0
+    real_reading = database.reading
+
+    def counting_reading():
+        nonlocal reads
+        reads += 1
+        return real_reading()
+
+    async with ScriptedWorker(job_service.address, store=job_service.storage) as worker:
+        assignment = await worker.next("assignment")
+        received: list = []
+        follower_call = job_service.stub.StreamResults(js.StreamResultsRequest(job_id=job.job_id))
+        following = asyncio.Event()
+
+        async def follow():
+            async for response in follower_call:
+                received.append(response.event)
+                following.set()
+
+        follower = asyncio.create_task(follow())
+        await asyncio.wait_for(following.wait(), 10)  # the replay (2 events) is done
+        await eventually(lambda: _settled(received, 2), what="the replay")
+        database.reading = counting_reading
+        try:
+            for index in range(30):
+                worker.partial(assignment, {"index": index})
+                # One at a time, so each is delivered live on its own.
+                await eventually(
+                    lambda count=index + 3: _settled(received, count), what="a live event"
+                )
+            worker.complete(assignment, summary={"frames": 50})
+            await asyncio.wait_for(follower, 10)
+        finally:
+            database.reading = real_reading
+
+    assert reads <= 3, f"{reads} database reads for 31 live events"
+    assert [e.sequence for e in received] == list(range(1, 34))
+    assert [e.partial_result.data["index"] for e in received[2:32]] == list(range(30))
+    # What was delivered from memory is exactly what is stored.
+    assert await _collect(job_service.stub, job.job_id) == received
+
+
+async def _settled(received: list, count: int) -> bool:
+    return len(received) >= count

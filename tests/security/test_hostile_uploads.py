@@ -110,9 +110,7 @@ def test_a_worker_never_follows_a_playlist_even_in_a_job_from_before_formats_wer
         async def plant_legacy_job() -> str:
             database = Database(f"sqlite+aiosqlite:///{stack.data_dir / 'videojobs.db'}")
             store = open_blob_store(str(stack.data_dir / "storage"))
-            service = SubmitService(
-                database, store, builtin_catalogue(), SubmitLimits(), lambda: None
-            )
+            service = SubmitService(database, store, builtin_catalogue(), SubmitLimits())
             plan = service.validate_header(UploadHeader(file_name="x.m3u8", pipeline="thumbnails"))
             job_id = "f" * 32
             key = StorageKey(f"jobs/{job_id}/input/source.m3u8")

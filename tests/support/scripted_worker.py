@@ -4,6 +4,11 @@ It is a client of the API under test, not a stand-in for it: it lets a test
 decide exactly when progress, partial results, completion or failure arrive.
 Like a real worker it writes the outputs it reports (into `store`, the
 storage job-service checks completions against) unless told not to.
+
+Against a job-service with an auth file it needs credentials like any
+worker: `metadata` (e.g. `authorization: Bearer <token>`) goes with its
+stream, `credentials` make its channel TLS (with a client certificate for
+mutual TLS), or `channel` is used as it is (and left open for its owner).
 """
 
 from __future__ import annotations
@@ -38,9 +43,15 @@ class ScriptedWorker:
         capacity: int = 1,
         held: list[pb.HeldLease] | None = None,
         store=None,
+        metadata: tuple[tuple[str, str], ...] = (),
+        credentials: grpc.ChannelCredentials | None = None,
+        channel: grpc.aio.Channel | None = None,
     ) -> None:
         self.address = address
         self.store = store
+        self.metadata = tuple(metadata)
+        self.credentials = credentials
+        self._given_channel = channel
         self.hello = pb.WorkerHello(
             worker_id=worker_id,
             pipelines=list(pipelines),
@@ -55,9 +66,14 @@ class ScriptedWorker:
         self.error: grpc.aio.AioRpcError | None = None
 
     async def __aenter__(self) -> ScriptedWorker:
-        self._channel = grpc.aio.insecure_channel(self.address)
-        stub = dispatch_service_pb2_grpc.DispatchServiceStub(self._channel)
-        self._call = stub.Connect(self._requests())
+        if self._given_channel is not None:
+            channel = self._given_channel
+        elif self.credentials is not None:
+            channel = self._channel = grpc.aio.secure_channel(self.address, self.credentials)
+        else:
+            channel = self._channel = grpc.aio.insecure_channel(self.address)
+        stub = dispatch_service_pb2_grpc.DispatchServiceStub(channel)
+        self._call = stub.Connect(self._requests(), metadata=self.metadata or None)
         self._reader = asyncio.create_task(self._read())
         welcome = await self.next("welcome")
         assert welcome.heartbeat_interval.ToTimedelta().total_seconds() > 0

@@ -41,14 +41,16 @@ class Api:
         max_attempts: int = 0,
         execution_timeout: float | None = None,
         queue_timeout: float | None = None,
+        pipeline: str = "probe",
         **parameters,
     ) -> job_pb2.Job:
-        """Uploads `data` for a probe job with job options."""
+        """Uploads `data` for a job (a probe unless `pipeline` says otherwise)
+        with job options."""
         header = _header(
             data,
             "clip.mp4",
             parameters,
-            pipeline="probe",
+            pipeline=pipeline,
             request_id=request_id,
             priority=priority,
             max_attempts=max_attempts,

@@ -34,7 +34,7 @@ class FakeJobClient:
     answer: object = None
     instances: list[FakeJobClient] = []
 
-    def __init__(self, address: str, *, timeout: float | None = None) -> None:
+    def __init__(self, address: str, *, timeout: float | None = None, **credentials) -> None:
         self.calls: list[tuple] = []
         FakeJobClient.instances.append(self)
 

@@ -43,8 +43,9 @@ class FakeJobClient:
     script: dict = {}
     instances: list[FakeJobClient] = []
 
-    def __init__(self, address: str, *, timeout: float | None = None) -> None:
+    def __init__(self, address: str, *, timeout: float | None = None, **credentials) -> None:
         self.address, self.timeout = address, timeout
+        self.credentials = credentials
         self.calls: list[tuple] = []
         self.follow_closed = False
         FakeJobClient.instances.append(self)
@@ -294,3 +295,92 @@ def test_ctrl_c_exits_130_without_a_traceback(fake, capsys) -> None:
     code, _, err = run(["status", JOB_ID], capsys)
     assert code == 130
     assert "Traceback" not in err
+
+
+@pytest.fixture
+def no_credentials_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (
+        "VIDEOJOBS_TOKEN",
+        "VIDEOJOBS_TOKEN_FILE",
+        "VIDEOJOBS_TLS_CA",
+        "VIDEOJOBS_TLS_CLIENT_CERT",
+        "VIDEOJOBS_TLS_CLIENT_KEY",
+    ):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_credential_options_reach_the_client(
+    fake, no_credentials_in_the_environment, tmp_path, capsys
+) -> None:
+    fake.script = {"get_status": job()}
+    token_file = tmp_path / "token"
+    token_file.write_text("vj_secret\n")
+    argv = ["--token-file", str(token_file), "--tls-ca", "ca.pem", "status", JOB_ID]
+    assert run([*argv, "--tls-cert", "me.pem", "--tls-key", "me.key"], capsys)[0] == 0
+    assert fake.instances[0].credentials == {
+        "token": "vj_secret",
+        "tls_ca": "ca.pem",
+        "tls_cert": "me.pem",
+        "tls_key": "me.key",
+    }
+    # Nothing given: no TLS, and the client reads $VIDEOJOBS_TOKEN itself.
+    assert run(["status", JOB_ID], capsys)[0] == 0
+    assert fake.instances[1].credentials == {
+        "token": None,
+        "tls_ca": None,
+        "tls_cert": None,
+        "tls_key": None,
+    }
+
+
+def test_credential_options_default_to_the_environment(
+    fake, no_credentials_in_the_environment, monkeypatch, tmp_path, capsys
+) -> None:
+    fake.script = {"get_status": job()}
+    token_file = tmp_path / "token"
+    token_file.write_text("vj_from_file")
+    monkeypatch.setenv("VIDEOJOBS_TOKEN_FILE", str(token_file))
+    monkeypatch.setenv("VIDEOJOBS_TLS_CA", "env-ca.pem")
+    monkeypatch.setenv("VIDEOJOBS_TLS_CLIENT_CERT", "env.pem")
+    monkeypatch.setenv("VIDEOJOBS_TLS_CLIENT_KEY", "env.key")
+    assert run(["status", JOB_ID, "--tls-ca", "flag-ca.pem"], capsys)[0] == 0
+    assert fake.instances[0].credentials == {
+        "token": "vj_from_file",
+        "tls_ca": "flag-ca.pem",
+        "tls_cert": "env.pem",
+        "tls_key": "env.key",
+    }
+
+
+@pytest.mark.parametrize("content", [None, "", "two\nlines"])
+def test_an_unusable_token_file_is_a_usage_error(
+    fake, no_credentials_in_the_environment, tmp_path, capsys, content
+) -> None:
+    token_file = tmp_path / "token"
+    if content is not None:
+        token_file.write_text(content)
+    code, out, err = run(["list", "--token-file", str(token_file)], capsys)
+    assert (code, out) == (2, "")
+    assert err.startswith("videojobs list: error: ")
+    assert str(token_file) in err
+    assert fake.instances == []  # refused before any client exists
+
+
+def test_an_unreadable_tls_file_is_a_usage_error(
+    no_credentials_in_the_environment, tmp_path, capsys
+) -> None:
+    # The real client: it reads the files when it is made, before any call.
+    code, _, err = run(["status", JOB_ID, "--tls-ca", str(tmp_path / "missing.pem")], capsys)
+    assert code == 2
+    assert "cannot read the TLS CA" in err
+    code, _, err = run(["status", JOB_ID, "--tls-cert", str(tmp_path / "c.pem")], capsys)
+    assert code == 2
+    assert "needs its key" in err
+
+
+def test_list_tenant_reaches_the_client(fake, capsys) -> None:
+    fake.script = {"list_jobs": ([job(tenant="acme")], "")}
+    code, out, _ = run(["list", "--tenant", "acme"], capsys)
+    assert code == 0
+    assert fake.instances[0].calls[0][2]["tenant"] == "acme"
+    assert out.splitlines()[0].split()[-1] == "TENANT"

@@ -259,3 +259,25 @@ def test_format_bytes(count: int, text: str) -> None:
 def test_format_time_unset_is_a_dash() -> None:
     assert format_time(timestamp_pb2.Timestamp()) == "-"
     assert format_time(CREATED, milliseconds=False) == "2025-11-21T06:00:01Z"
+
+
+def test_job_summary_names_the_tenant() -> None:
+    job = finished_job()
+    assert not any(line.startswith("tenant:") for line in format_job_summary(job))
+    job.tenant = "acme"
+    assert "tenant:    acme" in format_job_summary(job)
+
+
+def test_jobs_table_shows_tenants_only_beyond_the_default() -> None:
+    def header(jobs: list[job_pb2.Job]) -> list[str]:
+        console = Console(width=200, record=True)
+        console.print(jobs_table(jobs))
+        return [line.split() for line in console.export_text().splitlines()]
+
+    default = finished_job()
+    default.tenant = "default"
+    assert header([default])[0][-1] == "CREATED"
+    other = job_pb2.Job(job_id="b" * 32, tenant="acme")
+    lines = header([default, other])
+    assert lines[0][-1] == "TENANT"
+    assert (lines[2][-1], lines[3][-1]) == ("default", "acme")

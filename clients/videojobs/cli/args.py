@@ -10,10 +10,25 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from videojobs.client import DEFAULT_ADDRESS, parse_job_state
+from videojobs.client import DEFAULT_ADDRESS, TOKEN_ENV_VAR, parse_job_state
 
 #: Environment variable naming job-service's address when --address is not given.
 ADDRESS_ENV_VAR = "VIDEOJOBS_ADDRESS"
+
+#: Environment variables behind the credential options (VIDEOJOBS_TOKEN, the
+#: token itself, is read by the client when no token file is given).
+TOKEN_FILE_ENV_VAR = "VIDEOJOBS_TOKEN_FILE"
+TLS_CA_ENV_VAR = "VIDEOJOBS_TLS_CA"
+TLS_CERT_ENV_VAR = "VIDEOJOBS_TLS_CLIENT_CERT"
+TLS_KEY_ENV_VAR = "VIDEOJOBS_TLS_CLIENT_KEY"
+
+# Global option -> the environment variable it defaults to.
+_CREDENTIAL_OPTIONS = {
+    "token_file": TOKEN_FILE_ENV_VAR,
+    "tls_ca": TLS_CA_ENV_VAR,
+    "tls_cert": TLS_CERT_ENV_VAR,
+    "tls_key": TLS_KEY_ENV_VAR,
+}
 
 
 def parse_param(text: str) -> tuple[str, Any]:
@@ -105,13 +120,18 @@ def build_parser() -> argparse.ArgumentParser:
             "and fetch their results and artifacts."
         ),
     )
-    _add_global_options(parser, address_default=default_address, timeout_default=None)
+    _add_global_options(
+        parser,
+        {
+            "address": default_address,
+            "timeout": None,
+            **{name: os.environ.get(env, "") for name, env in _CREDENTIAL_OPTIONS.items()},
+        },
+    )
     # The same options on every command, defaulting to "not given" so they only
     # override the top-level values when actually used after the command.
     global_options = argparse.ArgumentParser(add_help=False)
-    _add_global_options(
-        global_options, address_default=argparse.SUPPRESS, timeout_default=argparse.SUPPRESS
-    )
+    _add_global_options(global_options, None)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     submit = commands.add_parser(
@@ -235,6 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="jobs per page (server default 50, at most 1000)",
     )
     list_.add_argument("--page-token", default="", help="continue from an earlier page")
+    list_.add_argument(
+        "--tenant",
+        default="",
+        help="only jobs of this tenant (administrators; default: every tenant they may see)",
+    )
     list_.add_argument("--all", action="store_true", help="fetch every page")
     _add_json_option(list_)
 
@@ -252,20 +277,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_global_options(
-    parser: argparse.ArgumentParser, *, address_default: Any, timeout_default: Any
-) -> None:
+def _add_global_options(parser: argparse.ArgumentParser, defaults: dict[str, Any] | None) -> None:
+    """The options every command takes; `defaults` None leaves them out of
+    the namespace unless given (the copies after the command)."""
+
+    def default(name: str) -> Any:
+        return argparse.SUPPRESS if defaults is None else defaults[name]
+
     parser.add_argument(
         "--address",
-        default=address_default,
+        default=default("address"),
         help=f"job-service HOST:PORT (default: ${ADDRESS_ENV_VAR} or {DEFAULT_ADDRESS})",
     )
     parser.add_argument(
         "--timeout",
         metavar="SECONDS",
         type=positive_seconds,
-        default=timeout_default,
+        default=default("timeout"),
         help="deadline for one-shot calls: status, list, cancel, blob info (default: none)",
+    )
+    parser.add_argument(
+        "--token-file",
+        metavar="FILE",
+        default=default("token_file"),
+        help=f"file holding the bearer token sent with every call (default: "
+        f"${TOKEN_FILE_ENV_VAR}; without a file the token is ${TOKEN_ENV_VAR}, if set)",
+    )
+    parser.add_argument(
+        "--tls-ca",
+        metavar="PEM",
+        default=default("tls_ca"),
+        help=f"connect with TLS, trusting this CA for the server's certificate "
+        f"(default: ${TLS_CA_ENV_VAR})",
+    )
+    parser.add_argument(
+        "--tls-cert",
+        metavar="PEM",
+        default=default("tls_cert"),
+        help=f"client certificate for mutual TLS; implies TLS (default: ${TLS_CERT_ENV_VAR})",
+    )
+    parser.add_argument(
+        "--tls-key",
+        metavar="PEM",
+        default=default("tls_key"),
+        help=f"private key of --tls-cert (default: ${TLS_KEY_ENV_VAR})",
     )
 
 

@@ -2,9 +2,9 @@
 
 Exit codes: 0 success; 1 a failed call, a job that `submit --wait` saw fail
 or get cancelled, or a job with no result for `fetch` / `results --document`
-(it has not SUCCEEDED); 2 bad usage, an unreadable input file or an
-unwritable output directory; 130 Ctrl-C. Results go to stdout, progress and
-errors to stderr.
+(it has not SUCCEEDED); 2 bad usage, an unreadable input file, token file or
+TLS file, or an unwritable output directory; 130 Ctrl-C. Results go to
+stdout, progress and errors to stderr.
 """
 
 from __future__ import annotations
@@ -31,7 +31,13 @@ from videojobs.cli.render import (
     printable,
     to_json,
 )
-from videojobs.client import JobClient, JobOptions, VideoJobsError
+from videojobs.client import (
+    CredentialsError,
+    JobClient,
+    JobOptions,
+    VideoJobsError,
+    read_token_file,
+)
 from videojobs.v1 import job_pb2, job_service_pb2
 
 EXIT_OK = 0
@@ -60,7 +66,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _exit_code(exit_request)
     command = _COMMANDS[args.command]
     try:
-        with JobClient(args.address, timeout=args.timeout) as client:
+        try:
+            client = JobClient(args.address, timeout=args.timeout, **_credential_options(args))
+        except CredentialsError as error:
+            raise UsageError(str(error)) from error
+        with client:
             return command(client, args)
     except VideoJobsError as error:
         _print_error_lines(format_error(error))
@@ -77,6 +87,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
+
+
+def _credential_options(args: argparse.Namespace) -> dict[str, str | None]:
+    """The client's credential arguments from --token-file and --tls-*: a
+    token file wins over $VIDEOJOBS_TOKEN, which the client reads itself
+    when no token is given."""
+    return {
+        "token": read_token_file(args.token_file) if args.token_file else None,
+        "tls_ca": args.tls_ca or None,
+        "tls_cert": args.tls_cert or None,
+        "tls_key": args.tls_key or None,
+    }
 
 
 def _pipelines(names: list[str] | None) -> str | list[str]:
@@ -173,7 +195,12 @@ def fetch_command(client: JobClient, args: argparse.Namespace) -> int:
 
 def list_command(client: JobClient, args: argparse.Namespace) -> int:
     """`list`: a table (or JSON) of jobs, newest first; --all walks every page."""
-    query = {"states": args.states, "pipeline": args.pipeline, "page_size": args.page_size}
+    query = {
+        "states": args.states,
+        "pipeline": args.pipeline,
+        "page_size": args.page_size,
+        "tenant": args.tenant,
+    }
     if args.all:
         jobs, next_page_token = list(client.iter_jobs(**query)), ""
     else:

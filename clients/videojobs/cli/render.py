@@ -19,6 +19,9 @@ from videojobs.v1 import job_pb2
 
 _UNSET = "-"
 
+# The tenant of every job when job-service runs without tenants (no auth file).
+DEFAULT_TENANT = "default"
+
 # Characters that must not reach a terminal as they are: C0/C1 controls and
 # DEL (escape sequences), format characters (U+202E RIGHT-TO-LEFT OVERRIDE,
 # zero-width spaces), line/paragraph separators, surrogates, private-use and
@@ -189,6 +192,8 @@ def format_job_summary(job: job_pb2.Job) -> list[str]:
         ("state", job_state_name(job.state)),
         ("pipeline", job.pipeline),
     ]
+    if job.tenant:
+        rows.append(("tenant", job.tenant))
     if job.parameters.fields:
         rows.append(("parameters", format_struct(job.parameters)))
     rows += [
@@ -239,7 +244,9 @@ def format_job_summary(job: job_pb2.Job) -> list[str]:
 
 
 def jobs_table(jobs: list[job_pb2.Job]) -> Table:
-    """The `list` table: id, state, pipeline, attempt, progress, created."""
+    """The `list` table: id, state, pipeline, attempt, progress, created, and
+    the tenant when some job belongs to one other than the default."""
+    show_tenant = any(job.tenant not in ("", DEFAULT_TENANT) for job in jobs)
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     table.add_column("ID", no_wrap=True)
     table.add_column("STATE", no_wrap=True)
@@ -247,19 +254,19 @@ def jobs_table(jobs: list[job_pb2.Job]) -> Table:
     table.add_column("ATTEMPT", justify="right")
     table.add_column("PROGRESS", justify="right")
     table.add_column("CREATED", no_wrap=True)
+    if show_tenant:
+        table.add_column("TENANT", no_wrap=True)
     for job in jobs:
+        cells = [
+            job.job_id,
+            job_state_name(job.state),
+            job.pipeline,
+            str(job.attempt),
+            format_percent(job.progress.fraction),
+            format_time(job.create_time, milliseconds=False),
+        ]
+        if show_tenant:
+            cells.append(job.tenant or _UNSET)
         # Text, not markup: a server string is never interpreted by rich.
-        table.add_row(
-            *(
-                Text(printable(cell))
-                for cell in (
-                    job.job_id,
-                    job_state_name(job.state),
-                    job.pipeline,
-                    str(job.attempt),
-                    format_percent(job.progress.fraction),
-                    format_time(job.create_time, milliseconds=False),
-                )
-            )
-        )
+        table.add_row(*(Text(printable(cell)) for cell in cells))
     return table

@@ -10,10 +10,24 @@
         final = client.wait(job.job_id)
         document = client.read_result(job.job_id)         # the result JSON, parsed
         paths = client.download(job.job_id, "out")        # result + artifacts as files
+
+On a network, job-service wants a token and TLS::
+
+    JobClient("jobs.example:50051", token=token, tls_ca="ca.pem")
+    JobClient(address, tls_ca="ca.pem", tls_cert="me.pem", tls_key="me.key")  # mutual TLS
+
+Without `token`, `$VIDEOJOBS_TOKEN` is used when set (see `credentials`).
 """
 
 from videojobs.client.aio import AsyncJobClient
 from videojobs.client.blobs import UnsafeKeyError
+from videojobs.client.credentials import (
+    TOKEN_ENV_VAR,
+    ClientCredentials,
+    CredentialsError,
+    read_token_file,
+    tls_credentials,
+)
 from videojobs.client.defaults import DEFAULT_ADDRESS, DEFAULT_CHUNK_SIZE
 from videojobs.client.errors import VideoJobsError
 from videojobs.client.events import (
@@ -39,9 +53,12 @@ __all__ = [
     "DEFAULT_ADDRESS",
     "DEFAULT_CHUNK_SIZE",
     "TERMINAL_STATES",
+    "TOKEN_ENV_VAR",
     "AsyncBlobReader",
     "AsyncJobClient",
     "BlobReader",
+    "ClientCredentials",
+    "CredentialsError",
     "JobClient",
     "JobOptions",
     "ReconnectBackoff",
@@ -54,6 +71,8 @@ __all__ = [
     "is_terminal_state",
     "job_state_name",
     "parse_job_state",
+    "read_token_file",
     "struct_to_dict",
+    "tls_credentials",
     "to_struct",
 ]

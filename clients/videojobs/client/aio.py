@@ -23,6 +23,7 @@ from videojobs.client.blobs import (
     require_result,
     size_mismatch,
 )
+from videojobs.client.credentials import ClientCredentials
 from videojobs.client.defaults import DEFAULT_ADDRESS, DEFAULT_CHUNK_SIZE, RECONNECT_TIMEOUT
 from videojobs.client.errors import VideoJobsError, rpc_errors_raised_as_videojobs_errors
 from videojobs.client.events import EventCallback, FollowCursor
@@ -72,6 +73,14 @@ class AsyncJobClient:
     uploads and reads are resumed (see `RetryPolicy`). The client may be
     created outside the event loop; its own channel is opened on first use,
     inside the loop.
+
+    Credentials as for `JobClient`: `token` (default `$VIDEOJOBS_TOKEN`) on
+    every call; TLS from `credentials` or the PEM files `tls_ca`, `tls_cert`,
+    `tls_key`; a `channel` passed in is used as it is.
+
+    Raises:
+        CredentialsError: a token or PEM file cannot be used (raised here,
+            before any call).
     """
 
     def __init__(
@@ -81,15 +90,28 @@ class AsyncJobClient:
         channel: grpc.aio.Channel | None = None,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
+        token: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        tls_ca: str | os.PathLike[str] | None = None,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
     ) -> None:
         self._address = address
+        self._credentials = ClientCredentials.resolve(
+            token=token,
+            credentials=credentials,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            channel_given=channel is not None,
+        )
         self._owns_channel = channel is None
         self._channel: grpc.aio.Channel | None = channel
         self._stub: job_service_pb2_grpc.JobServiceStub | None = None
         self._blobs: blob_service_pb2_grpc.BlobServiceStub | None = None
         if channel is not None:
-            self._stub = job_service_pb2_grpc.JobServiceStub(channel)
-            self._blobs = blob_service_pb2_grpc.BlobServiceStub(channel)
+            self._stub = self._credentials.stub(job_service_pb2_grpc.JobServiceStub, channel)
+            self._blobs = self._credentials.stub(blob_service_pb2_grpc.BlobServiceStub, channel)
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
 
@@ -98,9 +120,11 @@ class AsyncJobClient:
         channel belongs to the event loop it is created in, so it is made
         inside the running loop rather than in `__init__`."""
         if self._stub is None:
-            self._channel = grpc.aio.insecure_channel(self._address)
-            self._stub = job_service_pb2_grpc.JobServiceStub(self._channel)
-            self._blobs = blob_service_pb2_grpc.BlobServiceStub(self._channel)
+            self._channel = self._credentials.aio_channel(self._address)
+            self._stub = self._credentials.stub(job_service_pb2_grpc.JobServiceStub, self._channel)
+            self._blobs = self._credentials.stub(
+                blob_service_pb2_grpc.BlobServiceStub, self._channel
+            )
         return self._stub
 
     def _blob_service(self) -> blob_service_pb2_grpc.BlobServiceStub:
@@ -425,11 +449,18 @@ class AsyncJobClient:
         pipeline: str = "",
         page_size: int = 0,
         page_token: str = "",
+        tenant: str = "",
     ) -> tuple[list[job_pb2.Job], str]:
         """Returns one page of jobs, newest first, and the next page's token
-        ("" on the last page). `states` are names (`queued`) or JobState values."""
+        ("" on the last page). `states` are names (`queued`) or JobState values.
+        `tenant` narrows an administrator's list to one tenant (a client
+        only ever sees its own tenant's jobs)."""
         request = build_list_request(
-            states=states, pipeline=pipeline, page_size=page_size, page_token=page_token
+            states=states,
+            pipeline=pipeline,
+            page_size=page_size,
+            page_token=page_token,
+            tenant=tenant,
         )
         with rpc_errors_raised_as_videojobs_errors():
             response = await self._service().ListJobs(request, timeout=self.timeout)
@@ -441,13 +472,18 @@ class AsyncJobClient:
         states: Iterable[str | int] = (),
         pipeline: str = "",
         page_size: int = 0,
+        tenant: str = "",
     ) -> AsyncIterator[job_pb2.Job]:
         """Yields every matching job, newest first, fetching page after page."""
         states = tuple(states)
         page_token = ""
         while True:
             jobs, page_token = await self.list_jobs(
-                states=states, pipeline=pipeline, page_size=page_size, page_token=page_token
+                states=states,
+                pipeline=pipeline,
+                page_size=page_size,
+                page_token=page_token,
+                tenant=tenant,
             )
             for job in jobs:
                 yield job
@@ -535,11 +571,12 @@ class _AsyncUploadConnection:
         if not self._client._owns_channel:
             return
         previous = self._private
-        self._private = grpc.aio.insecure_channel(
+        credentials = self._client._credentials
+        self._private = credentials.aio_channel(
             self._client._address, options=FRESH_CONNECTION_OPTIONS
         )
-        self._jobs = job_service_pb2_grpc.JobServiceStub(self._private)
-        self._blobs = blob_service_pb2_grpc.BlobServiceStub(self._private)
+        self._jobs = credentials.stub(job_service_pb2_grpc.JobServiceStub, self._private)
+        self._blobs = credentials.stub(blob_service_pb2_grpc.BlobServiceStub, self._private)
         if previous is not None:
             await previous.close()
 

@@ -114,14 +114,16 @@ def build_list_request(
     pipeline: str = "",
     page_size: int = 0,
     page_token: str = "",
+    tenant: str = "",
 ) -> job_service_pb2.ListJobsRequest:
     """Builds a ListJobsRequest; `states` may be names or numbers (see
-    `parse_job_state`)."""
+    `parse_job_state`); `tenant` filters an administrator's list."""
     return job_service_pb2.ListJobsRequest(
         states=[parse_job_state(state) for state in states],
         pipeline=pipeline,
         page_size=page_size,
         page_token=page_token,
+        tenant=tenant,
     )
 
 

@@ -23,6 +23,7 @@ from videojobs.client.blobs import (
     require_result,
     size_mismatch,
 )
+from videojobs.client.credentials import ClientCredentials
 from videojobs.client.defaults import DEFAULT_ADDRESS, DEFAULT_CHUNK_SIZE, RECONNECT_TIMEOUT
 from videojobs.client.errors import VideoJobsError, rpc_errors_raised_as_videojobs_errors
 from videojobs.client.events import EventCallback, FollowCursor
@@ -69,6 +70,19 @@ class JobClient:
     unary calls (get_status, cancel, list_jobs, blob info); uploads, reads
     and event streams take as long as they take. `retry` says how broken
     uploads and reads are resumed (see `RetryPolicy`).
+
+    Credentials: `token` is sent as `authorization: Bearer <token>` with
+    every call; without it the client uses `$VIDEOJOBS_TOKEN` when set
+    (`token=""`: no token at all). The client's channel uses TLS when given
+    `credentials` (any `grpc.ChannelCredentials`) or the PEM files `tls_ca`
+    (the CA that signed the server's certificate; default the system roots)
+    and, for mutual TLS, `tls_cert` and `tls_key`. A `channel` passed in is
+    used as it is: only an explicit `token` is added to its calls, and TLS
+    arguments are refused (make the channel with them instead).
+
+    Raises:
+        CredentialsError: a token or PEM file cannot be used (raised here,
+            before any call).
     """
 
     def __init__(
@@ -78,12 +92,25 @@ class JobClient:
         channel: grpc.Channel | None = None,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
+        token: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        tls_ca: str | os.PathLike[str] | None = None,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
     ) -> None:
         self._address = address
+        self._credentials = ClientCredentials.resolve(
+            token=token,
+            credentials=credentials,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            channel_given=channel is not None,
+        )
         self._owns_channel = channel is None
-        self._channel = channel if channel is not None else grpc.insecure_channel(address)
-        self._stub = job_service_pb2_grpc.JobServiceStub(self._channel)
-        self._blobs = blob_service_pb2_grpc.BlobServiceStub(self._channel)
+        self._channel = channel if channel is not None else self._credentials.sync_channel(address)
+        self._stub = self._credentials.stub(job_service_pb2_grpc.JobServiceStub, self._channel)
+        self._blobs = self._credentials.stub(blob_service_pb2_grpc.BlobServiceStub, self._channel)
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
 
@@ -400,11 +427,18 @@ class JobClient:
         pipeline: str = "",
         page_size: int = 0,
         page_token: str = "",
+        tenant: str = "",
     ) -> tuple[list[job_pb2.Job], str]:
         """Returns one page of jobs, newest first, and the next page's token
-        ("" on the last page). `states` are names (`queued`) or JobState values."""
+        ("" on the last page). `states` are names (`queued`) or JobState values.
+        `tenant` narrows an administrator's list to one tenant (a client
+        only ever sees its own tenant's jobs)."""
         request = build_list_request(
-            states=states, pipeline=pipeline, page_size=page_size, page_token=page_token
+            states=states,
+            pipeline=pipeline,
+            page_size=page_size,
+            page_token=page_token,
+            tenant=tenant,
         )
         with rpc_errors_raised_as_videojobs_errors():
             response = self._stub.ListJobs(request, timeout=self.timeout)
@@ -416,13 +450,18 @@ class JobClient:
         states: Iterable[str | int] = (),
         pipeline: str = "",
         page_size: int = 0,
+        tenant: str = "",
     ) -> Iterator[job_pb2.Job]:
         """Yields every matching job, newest first, fetching page after page."""
         states = tuple(states)
         page_token = ""
         while True:
             jobs, page_token = self.list_jobs(
-                states=states, pipeline=pipeline, page_size=page_size, page_token=page_token
+                states=states,
+                pipeline=pipeline,
+                page_size=page_size,
+                page_token=page_token,
+                tenant=tenant,
             )
             yield from jobs
             if not page_token:
@@ -508,10 +547,11 @@ class _UploadConnection:
         if not self._client._owns_channel:
             return
         previous = self._private
-        self._private = grpc.insecure_channel(
+        credentials = self._client._credentials
+        self._private = credentials.sync_channel(
             self._client._address, options=FRESH_CONNECTION_OPTIONS
         )
-        self.blobs = blob_service_pb2_grpc.BlobServiceStub(self._private)
-        self.jobs = job_service_pb2_grpc.JobServiceStub(self._private)
+        self.blobs = credentials.stub(blob_service_pb2_grpc.BlobServiceStub, self._private)
+        self.jobs = credentials.stub(job_service_pb2_grpc.JobServiceStub, self._private)
         if previous is not None:
             previous.close()

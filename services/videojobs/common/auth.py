@@ -35,7 +35,10 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "vj_"
-NAME_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# No ':' in principal names: a worker may run several processes as
+# `<name>:<suffix>`, and the part before the first ':' must name exactly one
+# principal (otherwise `w1` could take the worker id of a principal `w1:gpu`).
+NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
 TENANT_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 DEFAULT_TENANT = "default"
 MAX_TOKEN_CHARS = 256
@@ -93,7 +96,11 @@ def acting_as(principal: Principal):
     try:
         yield principal
     finally:
-        _current.reset(token)
+        # A streaming handler's generator may be closed later, from another
+        # context (the client went away): the context it set the principal
+        # in is gone with its task, so there is nothing left to restore.
+        with contextlib.suppress(ValueError):
+            _current.reset(token)
 
 
 def hash_token(token: str) -> str:
@@ -108,6 +115,19 @@ def new_token() -> str:
 
 class AuthFileError(ValueError):
     """The auth file cannot be read or does not describe principals."""
+
+
+@dataclass(frozen=True)
+class Credential:
+    """What a call presented: a token (by its SHA-256) or a certificate subject.
+
+    A streaming call keeps the credential it was admitted with and is ended
+    when that credential stops naming the same principal (revoked, rotated,
+    or moved to another principal), not merely when the principal's name
+    disappears."""
+
+    token_sha256: str = ""
+    subject: str = ""
 
 
 @dataclass
@@ -129,7 +149,10 @@ class AuthEntry:
     def check(self) -> None:
         """Raises AuthFileError for an entry no principal can have."""
         if not NAME_PATTERN.fullmatch(self.name):
-            raise AuthFileError(f"principal name {self.name[:40]!r}: 1-128 of [A-Za-z0-9._:-]")
+            raise AuthFileError(
+                f"principal name {self.name[:40]!r}: 1-128 of [A-Za-z0-9._-] (no ':', "
+                "which separates a worker's name from its process suffix)"
+            )
         if self.role not in Role.__members__.values():
             raise AuthFileError(f"principal {self.name}: unknown role {self.role[:20]!r}")
         if not TENANT_PATTERN.fullmatch(self.tenant):
@@ -302,10 +325,16 @@ class AuthRegistry:
         self.refresh()
         return self._by_subject.get(subject)
 
-    def is_live(self, principal: Principal) -> bool:
-        """Whether `principal` is still in the file, unrevoked."""
+    def still_admits(self, credential: Credential, principal: Principal) -> bool:
+        """Whether `credential` still identifies exactly `principal`: false
+        once its token or subject was revoked or rotated away, even when a
+        principal of the same name, role and tenant came back with another."""
         self.refresh()
-        return principal in self._live
+        if credential.token_sha256:
+            return self._by_token.get(credential.token_sha256) == principal
+        if credential.subject:
+            return self._by_subject.get(credential.subject) == principal
+        return False
 
 
 def with_tenant(principal: Principal, tenant: str) -> Principal:

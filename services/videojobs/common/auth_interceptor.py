@@ -8,8 +8,8 @@ role may not call the method: PERMISSION_DENIED. Both carry an ErrorInfo.
 Health checks and reflection stay open. The principal is then available to
 the handler through `current_principal()`; handlers never re-check roles.
 
-A streaming call is watched while it runs: when its principal is revoked (or
-changed) in the auth file, the call ends with UNAUTHENTICATED within about a
+A streaming call is watched while it runs: when the credential it was
+admitted with is revoked or rotated (or now names another principal), the call ends with UNAUTHENTICATED within about a
 second, however long it would otherwise have lasted.
 """
 
@@ -25,9 +25,11 @@ import grpc
 from videojobs.common.auth import (
     LOCAL_PRINCIPAL,
     AuthRegistry,
+    Credential,
     Principal,
     Role,
     acting_as,
+    hash_token,
 )
 from videojobs.common.errors import ServiceError
 from videojobs.common.grpc_errors import abort_with
@@ -95,8 +97,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         allowed = self._policy.get(method, frozenset())
         return _wrap(handler, lambda context: self._admit(context, method, allowed), self)
 
-    def _admit(self, context, method: str, allowed: frozenset[Role]) -> Principal:
-        """The caller's principal, or a ServiceError saying why not."""
+    def _admit(
+        self, context, method: str, allowed: frozenset[Role]
+    ) -> tuple[Principal, Credential]:
+        """The caller's principal and the credential that proved it, or a
+        ServiceError saying why not."""
+        credential = Credential()
         if self._registry is None:
             principal = LOCAL_PRINCIPAL
         else:
@@ -106,10 +112,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 principal = self._registry.by_token(token)
                 if principal is None:
                     raise unauthenticated("the token is unknown or was revoked", "TOKEN_UNKNOWN")
+                credential = Credential(token_sha256=hash_token(token))
             else:
                 for subject in certificate_subjects(context):
                     principal = self._registry.by_subject(subject)
                     if principal is not None:
+                        credential = Credential(subject=subject)
                         break
             if principal is None:
                 raise unauthenticated(
@@ -124,11 +132,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 "ROLE_NOT_ALLOWED",
                 metadata={"role": principal.role.value, "method": method},
             )
-        return principal
+        return principal, credential
 
-    def still_live(self, principal: Principal) -> bool:
-        """Whether a streaming call's principal may go on."""
-        return self._registry is None or self._registry.is_live(principal)
+    def still_live(self, principal: Principal, credential: Credential) -> bool:
+        """Whether a streaming call admitted with `credential` may go on."""
+        return self._registry is None or self._registry.still_admits(credential, principal)
 
 
 def _wrap(handler, admit, interceptor: AuthInterceptor):
@@ -146,11 +154,12 @@ def _wrap(handler, admit, interceptor: AuthInterceptor):
 
         async def streaming(request, context):
             try:
-                principal = admit(context)
+                principal, credential = admit(context)
             except ServiceError as refusal:
                 await abort_with(context, refusal)
                 return
-            with acting_as(principal), _RevocationWatch(interceptor, principal) as watch:
+            watch = _RevocationWatch(interceptor, principal, credential)
+            with acting_as(principal), watch:
                 try:
                     async for response in behavior(request, context):
                         yield response
@@ -165,7 +174,7 @@ def _wrap(handler, admit, interceptor: AuthInterceptor):
 
         async def unary(request, context):
             try:
-                principal = admit(context)
+                principal, credential = admit(context)
             except ServiceError as refusal:
                 await abort_with(context, refusal)
                 return None
@@ -173,7 +182,7 @@ def _wrap(handler, admit, interceptor: AuthInterceptor):
             with acting_as(principal):
                 if not streaming_request:
                     return await behavior(request, context)
-                with _RevocationWatch(interceptor, principal) as watch:
+                with _RevocationWatch(interceptor, principal, credential) as watch:
                     try:
                         return await behavior(request, context)
                     except asyncio.CancelledError:
@@ -191,11 +200,15 @@ def _wrap(handler, admit, interceptor: AuthInterceptor):
 
 
 class _RevocationWatch:
-    """Cancels the current task when the principal stops being live."""
+    """Cancels the current task when the credential it was admitted with no
+    longer identifies its principal."""
 
-    def __init__(self, interceptor: AuthInterceptor, principal: Principal) -> None:
+    def __init__(
+        self, interceptor: AuthInterceptor, principal: Principal, credential: Credential
+    ) -> None:
         self._interceptor = interceptor
         self._principal = principal
+        self._credential = credential
         self._task: asyncio.Task | None = None
         self.revoked = False
 
@@ -211,7 +224,9 @@ class _RevocationWatch:
     async def _watch(self, call: asyncio.Task) -> None:
         while True:
             await asyncio.sleep(REVOCATION_CHECK_SECONDS)
-            live = await asyncio.to_thread(self._interceptor.still_live, self._principal)
+            live = await asyncio.to_thread(
+                self._interceptor.still_live, self._principal, self._credential
+            )
             if not live:
                 log.info("credentials of %s were revoked: ending its call", self._principal.name)
                 self.revoked = True

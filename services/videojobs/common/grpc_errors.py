@@ -14,6 +14,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from videojobs.common.aio import run_to_completion
 from videojobs.common.errors import ERROR_DOMAIN, ServiceError, resource_error_for
 from videojobs.common.failures import FailureLogs
 
@@ -111,7 +112,12 @@ def maps_service_errors(handler: Callable) -> Callable:
     @functools.wraps(handler)
     async def unary_wrapper(self, request, context):
         try:
-            return await handler(self, request, context)
+            if hasattr(request, "__aiter__"):  # a client stream: it ends when the call does
+                return await handler(self, request, context)
+            # One request message: the handler finishes even when the client
+            # cancels meanwhile, so a cancellation never cuts a transaction
+            # in half (see run_to_completion).
+            return await run_to_completion(handler(self, request, context))
         except ServiceError as exc:
             await abort_with(context, exc)
         except grpc.aio.AbortError:

@@ -27,6 +27,7 @@ from datetime import datetime
 from sqlalchemy.exc import IntegrityError
 
 from videojobs.common import errors
+from videojobs.common.aio import run_to_completion
 from videojobs.common.auth import LOCAL_PRINCIPAL, Principal, Role
 from videojobs.jobservice.domain import (
     JobState,
@@ -309,7 +310,7 @@ class BlobAccess:
             raise _not_writable(key)
         staged = is_staged_upload_key(key)
         if staged:
-            await self._claim_upload(key, principal)
+            await run_to_completion(self._claim_upload(key, principal))
         if key.value in self._writing:
             raise errors.ServiceError(
                 f"another stream is writing {key.value!r}", "ABORTED", "WRITE_IN_PROGRESS"

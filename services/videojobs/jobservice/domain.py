@@ -206,6 +206,20 @@ class Artifact:
             "frame_index": self.frame_index,
         }
 
+    @classmethod
+    def from_dict(cls, data: dict) -> Artifact:
+        """The artifact `to_dict` wrote (keys checked again as StorageKeys)."""
+        return cls(
+            StorageKey(data["key"]),
+            data.get("media_type", ""),
+            int(data.get("size_bytes", 0)),
+            int(data.get("width", 0)),
+            int(data.get("height", 0)),
+            float(data.get("time_seconds", 0.0)),
+            int(data.get("index", 0)),
+            int(data.get("frame_index", 0)),
+        )
+
 
 class AttemptOutcome(enum.StrEnum):
     """How an attempt ended; values are stored in the database."""
@@ -290,6 +304,8 @@ class Job:
     input_format: str = ""
     input_removed_at: datetime | None = None
     tenant: str = DEFAULT_TENANT
+    # The set of pipelines the job runs, alphabetical (`pipeline` is its display name).
+    pipelines: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -302,7 +318,8 @@ class JobEvent:
     kind: EventKind
     job_state: JobState
     attempt: int
-    payload: dict[str, Any]
+    # One of the dataclasses of `event_payloads` (matching `kind`).
+    payload: Any
 
 
 @dataclass(frozen=True)

@@ -56,19 +56,21 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from videojobs.common.auth import DEFAULT_TENANT, TENANT_PATTERN
 from videojobs.common.config import DEFAULT_DATA_DIR, add_option, setup_logging, storage_dirs
 from videojobs.common.text import clean_text, is_unsafe_char, redact_host_paths
+from videojobs.jobservice import lifecycle
 from videojobs.jobservice.domain import (
     LEGACY_REQUEST_ID_PREFIX,
-    EventKind,
+    JobError,
     JobState,
     attempt_prefix_for,
     dispatch_rank,
     input_key_for,
     utc_now,
 )
+from videojobs.jobservice.event_payloads import Cancelled, Completed, Failed
 from videojobs.jobservice.limits import MAX_MESSAGE_CHARS, MAX_REQUEST_ID_CHARS
 from videojobs.jobservice.settings import JobServiceSettings
 from videojobs.jobservice.store import Database
-from videojobs.jobservice.store.models import EventRow, JobRow
+from videojobs.jobservice.store.models import JobRow
 from videojobs.jobservice.store.repository import JobRepository
 from videojobs.jobservice.upload_checks import check_file_name
 from videojobs.pipelines import ParameterError, builtin_catalogue
@@ -79,7 +81,7 @@ from videojobs.pipelines.containers import (
     UnsupportedContainer,
     sniff_container,
 )
-from videojobs.pipelines.plan import plan_job
+from videojobs.pipelines.plan import plan_job, split_key
 from videojobs.storage import BlobStore, BlobStoreError, StorageKey, open_blob_store
 
 log = logging.getLogger(__name__)
@@ -1007,75 +1009,27 @@ class LegacyImporter:
             # The row itself was written now (the times above are the record's).
             updated_at=utc_now(),
         )
+        outcome: Completed | Failed | Cancelled
         if succeeded:
             assert plan.output_key is not None
-            row.output_key = plan.output_key.value
-            kind = EventKind.COMPLETED
-            payload: dict[str, Any] = {
-                "output_key": plan.output_key.value,
-                "artifacts": [],
-                "summary": {},
-                "warnings": [],
-            }
+            outcome = Completed(plan.output_key)
         elif plan.state is JobState.FAILED:
             message = legacy_error_text(plan.error) or f"failed in {self._system}"
-            row.error_code, row.error_message = "UNKNOWN", message
-            row.error_reason, row.error_metadata = "LEGACY_JOB_FAILED", {}
-            kind = EventKind.FAILED
-            payload = {
-                "code": "UNKNOWN",
-                "message": message,
-                "reason": "LEGACY_JOB_FAILED",
-                "metadata": {},
-            }
+            outcome = Failed(JobError("UNKNOWN", message, "LEGACY_JOB_FAILED"))
         else:
-            message = legacy_error_text(plan.error) or f"cancelled in {self._system}"
-            row.error_code, row.error_message = "CANCELLED", message
-            row.error_reason, row.error_metadata = "JOB_CANCELLED", {}
-            kind = EventKind.CANCELLED
-            payload = {"reason": message}
+            outcome = Cancelled(legacy_error_text(plan.error) or f"cancelled in {self._system}")
         # The job is inserted in its final state (one INSERT, never seen live);
         # its history says how it got there: queued back then, then the end.
-        await repository.add(row)
-        _append_event_at(
+        await lifecycle.import_ended(
             repository,
             row,
-            JobState.QUEUED,
-            EventKind.STATE_CHANGED,
-            {
-                "from_state": "",
-                "to_state": JobState.QUEUED.value,
-                "reason": f"imported from {self._system}",
-            },
-            plan.created_at,
+            split_key(self._pipeline),
+            outcome,
+            system=self._system,
+            accepted_at=plan.created_at,
+            ended_at=terminal_at,
         )
-        _append_event_at(repository, row, plan.state, kind, payload, terminal_at)
         await repository.flush()
-
-
-def _append_event_at(
-    repository: JobRepository,
-    row: JobRow,
-    job_state: JobState,
-    kind: EventKind,
-    payload: dict[str, Any],
-    created_at: datetime,
-) -> None:
-    """`JobRepository.append_event` with the event's time and job state given:
-    an imported job's history happened back then, in the states it had."""
-    row.last_sequence = (row.last_sequence or 0) + 1
-    repository.session.add(
-        EventRow(
-            job_id=row.job_id,
-            sequence=row.last_sequence,
-            created_at=created_at,
-            kind=kind.value,
-            job_state=job_state.value,
-            attempt=row.attempt,
-            payload=payload,
-        )
-    )
-    repository.jobs_with_new_events.add(row.job_id)
 
 
 def legacy_error_text(message: str) -> str:

@@ -6,7 +6,11 @@ Subcommands, each with the server's flags for where its data lives:
   system videojobs replaces (see `legacy_import`);
 - `videojobs-server retention [--dry-run]` runs one pass of the retention
   policy now, or prints what it would delete;
-- `videojobs-server tokens add|list|revoke` edits the auth file.
+- `videojobs-server tokens add|list|revoke` edits the auth file;
+- `videojobs-server migrate` brings the database schema to the newest
+  revision (`alembic upgrade head`) and exits: what a deployment runs once
+  before rolling out replicas (each replica also migrates at start, under a
+  lock, so running it is optional).
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ from videojobs.common.config import run_until_signalled, setup_logging
 from videojobs.common.security import SecurityConfigError
 from videojobs.jobservice.server import serve
 from videojobs.jobservice.settings import parse_settings
+from videojobs.jobservice.store.database import SingleReplicaError
 
 IMPORT_LEGACY = "import-legacy"
 RETENTION = "retention"
 TOKENS = "tokens"
+MIGRATE = "migrate"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         return import_legacy(list(arguments[1:]))
     if arguments[:1] == [RETENTION]:
         return retention_command(list(arguments[1:]))
+    if arguments[:1] == [MIGRATE]:
+        return migrate_command(list(arguments[1:]))
     if arguments[:1] == [TOKENS]:
         from videojobs.jobservice.tokens_command import main as tokens
 
@@ -43,13 +51,32 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.log_level)
     try:
         return run_until_signalled(lambda stop: serve(settings, stop))
-    except (SecurityConfigError, AuthFileError) as exc:
+    except (SecurityConfigError, AuthFileError, SingleReplicaError) as exc:
         print(f"videojobs-server: error: {exc}", file=sys.stderr)
         return 2
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def migrate_command(arguments: list[str]) -> int:
+    """`videojobs-server migrate [server flags]`: `alembic upgrade head` on the
+    configured database, then exit 0 (1 with a message when it fails)."""
+    settings = parse_settings(arguments, prog="videojobs-server migrate")
+    setup_logging("WARNING")
+    return asyncio.run(_migrate(settings))
+
+
+async def _migrate(settings) -> int:
+    from videojobs.jobservice.store import Database
+
+    database = Database(settings.database_url)
+    try:
+        await database.migrate()
+    except Exception as exc:  # noqa: BLE001 - a command-line error, not a traceback
+        print(f"videojobs-server migrate: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await database.dispose()
+    print(f"videojobs-server migrate: {database.url.render_as_string()} is at the newest revision")
+    return 0
 
 
 def retention_command(arguments: list[str]) -> int:
@@ -88,3 +115,7 @@ async def _retention_pass(settings, dry_run: bool) -> int:
     prefix = "dry run, nothing changed: would remove" if dry_run else "removed"
     print(f"{prefix} {report.summary()}")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -14,15 +14,17 @@ import binascii
 import hashlib
 import hmac
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from videojobs.common import errors
 from videojobs.common.auth import LOCAL_PRINCIPAL, Principal
+from videojobs.common.text import echo
 from videojobs.jobservice.domain import Job, JobState, check_job_id, check_visible
 from videojobs.jobservice.limits import MAX_PAGE_TOKEN_CHARS, MAX_PIPELINE_NAME_CHARS
 from videojobs.jobservice.store import Database
+from videojobs.pipelines.plan import KEY_SEPARATOR
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -126,9 +128,13 @@ class PageTokens:
 class JobQueries:
     """Application service for reading jobs."""
 
-    def __init__(self, database: Database, page_tokens: PageTokens) -> None:
+    def __init__(
+        self, database: Database, page_tokens: PageTokens, pipeline_names: Iterable[str]
+    ) -> None:
         self._database = database
         self._page_tokens = page_tokens
+        # What a `pipeline` filter may name (the installed pipelines).
+        self._pipeline_names = frozenset(pipeline_names)
 
     async def get(self, job_id: str, principal: Principal = LOCAL_PRINCIPAL) -> Job:
         """The job; INVALID_ARGUMENT for a malformed id, NOT_FOUND for an
@@ -167,6 +173,16 @@ class JobQueries:
             raise errors.invalid_argument(
                 "pipeline is too long",
                 [("pipeline", f"at most {MAX_PIPELINE_NAME_CHARS} characters")],
+            )
+        unknown = [
+            name
+            for name in filter(None, pipeline.split(KEY_SEPARATOR))
+            if name not in self._pipeline_names
+        ]
+        if unknown:
+            raise errors.invalid_argument(
+                f"no pipeline is called {echo(unknown[0])}",
+                [("pipeline", f"one of {', '.join(sorted(self._pipeline_names))}")],
             )
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         if principal.is_admin:

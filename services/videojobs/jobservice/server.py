@@ -25,13 +25,14 @@ from videojobs.jobservice.api.dispatch_servicer import DispatchServicer
 from videojobs.jobservice.api.job_servicer import JobServicer
 from videojobs.jobservice.blobs import BlobAccess
 from videojobs.jobservice.cancel import CancelService
-from videojobs.jobservice.dispatch import DispatchCoordinator, DispatchSettings
+from videojobs.jobservice.dispatch import DispatchCoordinator
 from videojobs.jobservice.events import EventFeed, EventHub
+from videojobs.jobservice.notifier import default_notifier
 from videojobs.jobservice.queries import JobQueries, PageTokens
 from videojobs.jobservice.retention import JobDeletion
 from videojobs.jobservice.settings import JobServiceSettings
 from videojobs.jobservice.store import Database
-from videojobs.jobservice.submit import SubmitLimits, SubmitService
+from videojobs.jobservice.submit import SubmitService
 from videojobs.jobservice.sweeper import OrphanSweeper
 from videojobs.pipelines import builtin_catalogue
 from videojobs.storage import open_blob_store
@@ -72,8 +73,14 @@ class JobServiceApp:
     address: str = ""
 
     async def start(self) -> str:
-        """Migrates the database, binds, starts serving; returns the bound address."""
+        """Migrates the database, binds, starts serving; returns the bound address.
+
+        Raises:
+            SingleReplicaError: another job-service runs on this SQLite database.
+        """
+        self.database.hold_single_replica_lock()
         await self.database.migrate()
+        await self.database.notifier.start()
         await self.page_tokens.load_key(self.database)
         credentials = self.tls.credentials() if self.tls is not None else None
         self.address = bind(self.server, self.settings.listen, credentials)
@@ -95,6 +102,7 @@ class JobServiceApp:
         await self.sweeper.stop()
         await self.deletion.stop()
         await self.coordinator.stop()
+        await self.database.notifier.close()
         await self.database.dispose()
         await asyncio.to_thread(self.blob_store.close)
         log.info("job-service stopped")
@@ -118,42 +126,23 @@ def build_job_service(settings: JobServiceSettings) -> JobServiceApp:
         log.warning(warning)
         print(warning, file=sys.stderr, flush=True)
     registry = AuthRegistry(settings.auth_file) if settings.auth_file else None
-    database = Database(settings.database_url)
+    # Notices reach this process, and on PostgreSQL every other replica too.
+    database = Database(settings.database_url, notifier=default_notifier(settings.database_url))
     blob_store = open_blob_store(settings.storage_url)
     hub = EventHub()
-    database.on_commit = hub.notify
+    database.notifier.subscribe(hub.on_notice)
     coordinator = DispatchCoordinator(
-        database,
-        DispatchSettings(
-            heartbeat_interval=settings.heartbeat_interval,
-            lease_duration=settings.lease_duration,
-            retry_backoff_base=settings.retry_backoff_base,
-            retry_backoff_max=settings.retry_backoff_max,
-            max_lease_losses=settings.max_lease_losses,
-        ),
-        blob_store,
-        settings.report_limits,
+        database, settings.dispatch_settings, blob_store, settings.report_limits
     )
-    submit = SubmitService(
-        database,
-        blob_store,
-        builtin_catalogue(),
-        SubmitLimits(
-            uploads=settings.upload_limits,
-            tenant_max_queued_jobs=settings.tenant_max_queued_jobs,
-            max_attempts=settings.max_attempts,
-            priority_step=settings.priority_step,
-            default_queue_timeout=settings.default_queue_timeout,
-        ),
-        on_job_queued=coordinator.job_queued,
-    )
+    catalogue = builtin_catalogue()
+    submit = SubmitService(database, blob_store, catalogue, settings.submit_limits)
     page_tokens = PageTokens()
     deletion = JobDeletion(database, blob_store, settings.retention_policy)
     job_servicer = JobServicer(
         submit,
-        JobQueries(database, page_tokens),
-        EventFeed(database, hub),
-        CancelService(database, coordinator),
+        JobQueries(database, page_tokens, catalogue.names),
+        EventFeed(database, hub, resync_seconds=settings.resync_interval),
+        CancelService(database),
         deletion,
     )
     dispatch_servicer = DispatchServicer(coordinator)

@@ -20,11 +20,18 @@ from videojobs.common.config import (
     add_option,
     storage_dirs,
 )
+from videojobs.jobservice.dispatch import DispatchSettings
+from videojobs.jobservice.lifecycle import RetryPolicy
 from videojobs.jobservice.limits import ReportLimits, UploadLimits
 from videojobs.jobservice.retention import RetentionPolicy
+from videojobs.jobservice.submit import SubmitLimits
 
+# The defaults live with the parts that use them; settings read them from there.
 _UPLOADS = UploadLimits()
 _REPORTS = ReportLimits()
+_DISPATCH = DispatchSettings()
+_RETRY = RetryPolicy()
+_SUBMIT = SubmitLimits()
 
 
 def _setting(default: Any, env: str, help_text: str, flag: str | None = None) -> Any:
@@ -70,7 +77,7 @@ class JobServiceSettings:
         "uploads in progress at once for one tenant (0: no limit of its own)",
     )
     tenant_max_queued_jobs: int = _setting(
-        10_000,
+        _SUBMIT.tenant_max_queued_jobs,
         "VIDEOJOBS_TENANT_MAX_QUEUED_JOBS",
         "jobs one tenant may have waiting in the queue (0: no limit)",
     )
@@ -106,37 +113,52 @@ class JobServiceSettings:
         "events one job may record",
     )
     max_attempts: int = _setting(
-        3, "VIDEOJOBS_MAX_ATTEMPTS", "attempts of a job whose failures are retryable"
+        _SUBMIT.max_attempts,
+        "VIDEOJOBS_MAX_ATTEMPTS",
+        "attempts of a job whose failures are retryable",
     )
     heartbeat_interval: float = _setting(
-        2.0, "VIDEOJOBS_HEARTBEAT_INTERVAL", "seconds between worker heartbeats"
+        _DISPATCH.heartbeat_interval,
+        "VIDEOJOBS_HEARTBEAT_INTERVAL",
+        "seconds between worker heartbeats",
     )
     lease_duration: float = _setting(
-        10.0, "VIDEOJOBS_LEASE_DURATION", "seconds a lease lives without a heartbeat"
+        _DISPATCH.lease_duration,
+        "VIDEOJOBS_LEASE_DURATION",
+        "seconds a lease lives without a heartbeat",
     )
     shutdown_grace: float = _setting(
         5.0, "VIDEOJOBS_SHUTDOWN_GRACE", "seconds in-flight calls get to finish at shutdown"
     )
     retry_backoff_base: float = _setting(
-        1.0,
+        _RETRY.backoff_base,
         "VIDEOJOBS_RETRY_BACKOFF_BASE",
         "seconds before the first retry of a failed attempt (doubles each time)",
     )
     retry_backoff_max: float = _setting(
-        60.0, "VIDEOJOBS_RETRY_BACKOFF_MAX", "longest wait between retries"
+        _RETRY.backoff_max, "VIDEOJOBS_RETRY_BACKOFF_MAX", "longest wait between retries"
     )
     max_lease_losses: int = _setting(
-        10, "VIDEOJOBS_MAX_LEASE_LOSSES", "times a job may lose its worker before it fails"
+        _RETRY.max_lease_losses,
+        "VIDEOJOBS_MAX_LEASE_LOSSES",
+        "times a job may lose its worker before it fails",
     )
     priority_step: float = _setting(
-        300.0,
+        _SUBMIT.priority_step,
         "VIDEOJOBS_PRIORITY_STEP",
         "seconds of queue head start one step of priority is worth",
     )
     default_queue_timeout: float = _setting(
-        0.0,
+        _SUBMIT.default_queue_timeout,
         "VIDEOJOBS_DEFAULT_QUEUE_TIMEOUT",
         "seconds a job may wait in the queue unless it says otherwise (0: no limit)",
+    )
+    resync_interval: float = _setting(
+        _DISPATCH.resync_interval,
+        "VIDEOJOBS_RESYNC_INTERVAL",
+        "seconds between safety-net re-reads of the database by the dispatcher, the "
+        "deadline reaper and result followers (notices wake them at once; this only "
+        "bounds what a lost notice can delay)",
     )
     sweep_interval: float = _setting(
         600.0,
@@ -204,6 +226,31 @@ class JobServiceSettings:
         )
 
     @property
+    def dispatch_settings(self) -> DispatchSettings:
+        """Lease timings, retry policy and safety-net sweep of dispatch."""
+        return DispatchSettings(
+            heartbeat_interval=self.heartbeat_interval,
+            lease_duration=self.lease_duration,
+            resync_interval=self.resync_interval,
+            retry_policy=RetryPolicy(
+                backoff_base=self.retry_backoff_base,
+                backoff_max=self.retry_backoff_max,
+                max_lease_losses=self.max_lease_losses,
+            ),
+        )
+
+    @property
+    def submit_limits(self) -> SubmitLimits:
+        """Limits and defaults of a submit."""
+        return SubmitLimits(
+            uploads=self.upload_limits,
+            tenant_max_queued_jobs=self.tenant_max_queued_jobs,
+            max_attempts=self.max_attempts,
+            priority_step=self.priority_step,
+            default_queue_timeout=self.default_queue_timeout,
+        )
+
+    @property
     def retention_policy(self) -> RetentionPolicy:
         """How long ended jobs and failed inputs are kept."""
         return RetentionPolicy(self.retention_days, self.failed_input_retention_days)
@@ -261,6 +308,8 @@ def parse_settings(
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.upload_idle_timeout <= 0 or args.sweep_interval <= 0 or args.orphan_grace < 0:
+        parser.error("timeouts and intervals must be positive")
+    if args.resync_interval <= 0:
         parser.error("timeouts and intervals must be positive")
     if args.retention_days < 0 or args.failed_input_retention_days < 0:
         parser.error("retention periods must be 0 (keep) or positive")

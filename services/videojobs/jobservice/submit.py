@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -21,15 +21,16 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 
 from videojobs.common import errors
+from videojobs.common.aio import run_to_completion
 from videojobs.common.auth import DEFAULT_TENANT
 from videojobs.common.text import echo
+from videojobs.jobservice import lifecycle
 from videojobs.jobservice.domain import (
     LEGACY_REQUEST_ID_PREFIX,
     MAX_ATTEMPTS_LIMIT,
     MAX_EXECUTION_TIMEOUT_SECONDS,
     MAX_PRIORITY,
     MIN_PRIORITY,
-    EventKind,
     Job,
     JobState,
     dispatch_rank,
@@ -93,7 +94,7 @@ class SubmitLimits:
 
     uploads: UploadLimits = field(default_factory=UploadLimits)
     # Most queued jobs one tenant may have (0: no limit).
-    tenant_max_queued_jobs: int = 0
+    tenant_max_queued_jobs: int = 10_000
     max_attempts: int = 3
     priority_step: float = 300.0
     default_queue_timeout: float = 0.0
@@ -113,13 +114,11 @@ class SubmitService:
         blob_store: BlobStore,
         catalogue: PipelineCatalogue,
         limits: SubmitLimits,
-        on_job_queued: Callable[[], None],
     ) -> None:
         self._database = database
         self._blob_store = blob_store
         self._catalogue = catalogue
         self._limits = limits
-        self._on_job_queued = on_job_queued
         # Shared with BlobService's staged uploads: one count, one budget.
         self.admission = UploadAdmission(limits.uploads)
         self.budget = StorageBudget(limits.uploads, blob_store, self._stored_input_bytes)
@@ -272,8 +271,10 @@ class SubmitService:
             self._check_received(header, size, sha256)
             await asyncio.to_thread(writer.commit)
             committed = True
-            return await self._publish(
-                header, plan, job_id, staged, container, size, sha256, tenant
+            # Run to completion: a client hanging up now must not cut the
+            # move or the job's transaction in half.
+            return await run_to_completion(
+                self._publish(header, plan, job_id, staged, container, size, sha256, tenant)
             )
         finally:
             if writer is not None:
@@ -359,13 +360,25 @@ class SubmitService:
             )
         container, sha256 = await asyncio.to_thread(self._identify_stored, staged)
         self._check_received(header, info.size_bytes, sha256)
-        # Shielded: once the staged object is being moved into place, a client
-        # that hangs up must not leave it half-published; the job is created,
-        # and the client's retry (same request_id) finds it.
-        job = await asyncio.shield(
-            self._publish(
-                header, plan, new_job_id(), staged, container, info.size_bytes, sha256, tenant
-            )
+        # Run to completion: once the staged object is being moved into place,
+        # a client that hangs up must not leave it half-published; the job is
+        # created, and the client's retry (same request_id) finds it.
+        return await run_to_completion(
+            self._publish_staged(header, plan, staged, container, info.size_bytes, sha256, tenant)
+        )
+
+    async def _publish_staged(
+        self,
+        header: UploadHeader,
+        plan: JobPlan,
+        staged: StorageKey,
+        container: ContainerFormat,
+        size: int,
+        sha256: str,
+        tenant: str,
+    ) -> Job:
+        job = await self._publish(
+            header, plan, new_job_id(), staged, container, size, sha256, tenant
         )
         async with self._database.transaction() as repository:
             await repository.forget_staged_upload(staged.value)
@@ -496,12 +509,7 @@ class SubmitService:
                         created_at=now,
                         updated_at=now,
                     )
-                    await repository.add(row)
-                    repository.append_event(
-                        row,
-                        EventKind.STATE_CHANGED,
-                        {"from_state": "", "to_state": JobState.QUEUED.value, "reason": "accepted"},
-                    )
+                    await lifecycle.accept(repository, row, plan.pipelines)
                     await repository.flush()
                     job = await repository.to_domain(row)
             except IntegrityError:
@@ -509,7 +517,6 @@ class SubmitService:
                     raise
                 continue  # a concurrent upload with the same request_id won: look again
             log.info("job %s accepted (pipeline %s, %d bytes)", job_id, plan.key, size)
-            self._on_job_queued()
             return job, True
         raise errors.unavailable("concurrent submits with one request_id; retry", "RETRY")
 

@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     add = commands.add_parser("add", help="add a principal; prints its token once")
-    add.add_argument("name", help="principal name (a worker's id), 1-128 of [A-Za-z0-9._:-]")
+    add.add_argument("name", help="principal name (a worker's id), 1-128 of [A-Za-z0-9._-]")
     add.add_argument("--role", required=True, choices=[r.value for r in Role])
     add.add_argument(
         "--tenant",

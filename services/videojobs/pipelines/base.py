@@ -82,6 +82,12 @@ class PipelineSpec:
     parameters: tuple[ParameterSpec, ...] = field(default_factory=tuple)
     # Longest run of one attempt unless a job says otherwise at submit.
     default_execution_timeout_seconds: float = 600.0
+    # Whether the pipeline analyses sampled frames (it has an `analyzer`)
+    # rather than the container (it has a `run`). Declared, job-service plans
+    # a job (the shared sampling parameters) from the spec alone; None (the
+    # default, e.g. third-party pipelines) makes the catalogue load the
+    # implementation to find out (`is_frame_pipeline`).
+    analyses_frames: bool | None = None
 
     def validate(self, given: Mapping[str, Any], field_prefix: str = "parameters") -> dict:
         """Returns the full parameter set (defaults filled in), or raises ParameterError
@@ -151,3 +157,9 @@ class Pipeline(Protocol):
 
     def run(self, source: BinaryIO, parameters: dict, reporter: PipelineReporter) -> PipelineOutput:
         """Analyses the seekable input `source`. Raises PipelineFailure for bad input."""
+
+
+def is_frame_pipeline(pipeline: object) -> bool:
+    """Whether the pipeline implementation `pipeline` analyses sampled frames
+    (it has an `analyzer`) rather than the container."""
+    return hasattr(pipeline, "analyzer")

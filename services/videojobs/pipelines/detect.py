@@ -48,11 +48,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from videojobs.pipelines.base import ParameterSpec, PipelineFailure, PipelineSpec
+from videojobs.pipelines.base import PipelineFailure
 from videojobs.pipelines.frames import AnalysisContext, SampledFrame, SectionResult
+from videojobs.pipelines.specs import DETECT_CLASSES, DETECT_SPEC, parse_classes
 from videojobs.pipelines.tracking import Box, Detection, IoUTracker, box_dict, iou
 
-CLASSES = ("qr_code", "face", "person")
+CLASSES = DETECT_CLASSES
 FACE_CASCADE = "haarcascade_frontalface_default.xml"
 # Used when detectMultiScale3 gives no level weights.
 FACE_FALLBACK_CONFIDENCE = 0.5
@@ -98,59 +99,8 @@ CLASS_NOTES: dict[str, dict[str, str]] = {
 }
 
 
-def parse_classes(value: str) -> tuple[str, ...]:
-    """The classes named in a comma-separated list, in CLASSES order; raises
-    ValueError for an unknown name or an empty list."""
-    names = {part.strip().lower() for part in value.split(",") if part.strip()}
-    unknown = sorted(names - set(CLASSES))
-    if unknown:
-        raise ValueError(f"unknown class {', '.join(unknown)} (accepted: {', '.join(CLASSES)})")
-    if not names:
-        raise ValueError(f"must name at least one of: {', '.join(CLASSES)}")
-    return tuple(c for c in CLASSES if c in names)
-
-
-SPEC = PipelineSpec(
-    name="detect",
-    version="1.0.0",
-    description="QR codes (decoded), faces and people per frame with OpenCV, tracked over time.",
-    parameters=(
-        ParameterSpec(
-            "classes",
-            "string",
-            "Comma-separated classes to detect: any of qr_code, face, person.",
-            ",".join(CLASSES),
-            check=parse_classes,
-        ),
-        ParameterSpec(
-            "min_confidence", "float", "Drop detections below this confidence (0..1).", 0.3, 0, 1
-        ),
-        ParameterSpec(
-            "max_side",
-            "int",
-            "Scale frames down to at most this many pixels on the longer side for detection.",
-            960,
-            64,
-            8192,
-        ),
-        ParameterSpec(
-            "iou_threshold",
-            "float",
-            "Least box overlap (IoU) for a detection to continue a track.",
-            0.3,
-            0.01,
-            1,
-        ),
-        ParameterSpec(
-            "max_missed_seconds",
-            "float",
-            "A track ends when its object is unseen for longer than this (seconds).",
-            1.0,
-            0,
-            3600,
-        ),
-    ),
-)
+# Declared in `specs`, which job-service reads without importing this module.
+SPEC = DETECT_SPEC
 
 
 def _squash_face(weight: float) -> float:

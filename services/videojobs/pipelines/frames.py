@@ -5,7 +5,9 @@ Sampling parameters (common to all pipelines of a job):
 `frame_stride` (every n-th decoded frame), `max_frames` (stop after that many
 samples), `start_time` / `end_time` (seconds), `target_fps` (at most this many
 samples per second of video, by presentation time). Each sample carries its
-frame index (0-based, in presentation order) and its time in seconds.
+frame index (0-based, in presentation order) and its time in seconds. They are
+declared in `specs` (`SAMPLING_SPEC`, re-exported here), so job-service
+validates them without PyAV.
 """
 
 from __future__ import annotations
@@ -20,27 +22,16 @@ import av.error
 import cv2
 import numpy as np
 
-from videojobs.pipelines.base import ParameterSpec, PipelineFailure, PipelineSpec
+from videojobs.pipelines.base import PipelineFailure, PipelineSpec
 from videojobs.pipelines.media import (
     check_frame_size,
     check_stream_size,
     ffmpeg_reason,
     open_media,
 )
+from videojobs.pipelines.specs import SAMPLING_PARAMETERS, SAMPLING_SPEC
 from videojobs.storage import BlobStore, StorageKey
 
-SAMPLING_PARAMETERS = (
-    ParameterSpec("frame_stride", "int", "Analyse every n-th decoded frame.", 1, 1, 10_000),
-    ParameterSpec("max_frames", "int", "Stop after this many samples (0: no limit).", 0, 0, 1e7),
-    ParameterSpec("start_time", "float", "Skip frames before this time (seconds).", 0.0, 0, 1e7),
-    ParameterSpec("end_time", "float", "Stop at this time in seconds (0: the end).", 0.0, 0, 1e7),
-    ParameterSpec(
-        "target_fps", "float", "At most this many samples per second (0: all).", 0.0, 0, 1000
-    ),
-)
-SAMPLING_SPEC = PipelineSpec(
-    name="sampling", version="1", description="frame sampling", parameters=SAMPLING_PARAMETERS
-)
 # Corrupt packets tolerated before a stream counts as undecodable.
 MAX_DECODE_ERRORS = 50
 

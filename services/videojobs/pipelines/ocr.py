@@ -26,44 +26,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-from videojobs.pipelines.base import ParameterSpec, PipelineSpec
 from videojobs.pipelines.frames import AnalysisContext, SampledFrame, SectionResult
+from videojobs.pipelines.specs import OCR_SPEC
 
 ENGINE = "rapidocr-onnxruntime"
 
-SPEC = PipelineSpec(
-    name="ocr",
-    version="1.0.0",
-    description="Text in frames (RapidOCR) merged into text tracks with the time span they are visible.",
-    parameters=(
-        ParameterSpec(
-            name="min_confidence",
-            type="float",
-            default=0.5,
-            minimum=0.0,
-            maximum=1.0,
-            description="Drop text read with a lower recognition confidence (0..1).",
-        ),
-        ParameterSpec(
-            name="max_side",
-            type="int",
-            default=960,
-            minimum=0,
-            maximum=16_384,
-            description="Downscale frames so the longer side is at most this before OCR (0: never).",
-        ),
-        ParameterSpec(
-            name="merge_gap_seconds",
-            type="float",
-            default=1.0,
-            minimum=0.0,
-            maximum=86_400.0,
-            description="Longest time text may go unseen and still continue the same track.",
-        ),
-    ),
-    # About 0.1-0.5 s of CPU per 640x360 frame: long videos need sparse sampling or time.
-    default_execution_timeout_seconds=1800.0,
-)
+# Declared in `specs`, which job-service reads without importing this module.
+SPEC = OCR_SPEC
 
 # Tracks match when their boxes overlap more than this (intersection over union) ...
 MATCH_IOU = 0.3

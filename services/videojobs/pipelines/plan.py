@@ -13,6 +13,9 @@ JSON-shaped:
 
 The plan is stored normalised: `{"<pipeline>": {...}, ..., "sampling": {...}}`
 (the sampling entry only when a frame pipeline is present).
+
+Planning reads specs only (`PipelineCatalogue.spec` / `analyses_frames`), so
+for the built-in pipelines it imports none of their heavy libraries.
 """
 
 from __future__ import annotations
@@ -20,9 +23,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from videojobs.pipelines.base import ParameterError
-from videojobs.pipelines.frames import SAMPLING_SPEC
+from videojobs.pipelines.base import ParameterError, PipelineSpec, is_frame_pipeline
 from videojobs.pipelines.registry import PipelineCatalogue, UnknownPipeline
+from videojobs.pipelines.specs import SAMPLING_SPEC
+
+__all__ = [
+    "KEY_SEPARATOR",
+    "SAMPLING",
+    "JobPlan",
+    "is_frame_pipeline",
+    "parameters_of",
+    "plan_job",
+    "split_key",
+]
 
 KEY_SEPARATOR = "+"
 SAMPLING = "sampling"
@@ -51,11 +64,6 @@ def split_key(key: str) -> tuple[str, ...]:
     return tuple(key.split(KEY_SEPARATOR))
 
 
-def is_frame_pipeline(pipeline: object) -> bool:
-    """Whether `pipeline` analyses sampled frames (rather than the container)."""
-    return hasattr(pipeline, "analyzer")
-
-
 def plan_job(
     catalogue: PipelineCatalogue,
     names: list[str],
@@ -71,16 +79,16 @@ def plan_job(
         raise ParameterError([(names_field, "name at least one pipeline")])
     if len(unique) != len(names):
         violations.append((names_field, "names a pipeline twice"))
-    pipelines = {}
+    specs: dict[str, PipelineSpec] = {}
     for name in unique:
         try:
-            pipelines[name] = catalogue.get(name)
+            specs[name] = catalogue.spec(name)
         except UnknownPipeline as exc:
             violations.append((names_field, str(exc)))
     if violations:
         raise ParameterError(violations)
 
-    frame = any(is_frame_pipeline(p) for p in pipelines.values())
+    frame = any(catalogue.analyses_frames(name) for name in specs)
     sampling_names = {p.name for p in SAMPLING_SPEC.parameters}
     per_pipeline: dict[str, dict[str, Any]] = {name: {} for name in unique}
     sampling: dict[str, Any] = {}
@@ -103,11 +111,11 @@ def plan_job(
                 )
             )
     parameters: dict[str, Any] = {}
-    for name, pipeline in pipelines.items():
+    for name, spec in specs.items():
         # For one pipeline, flat parameters are reported under the flat path.
         prefix = f"{field_prefix}.{name}" if name in given or len(unique) > 1 else field_prefix
         try:
-            parameters[name] = pipeline.spec.validate(per_pipeline[name], field_prefix=prefix)
+            parameters[name] = spec.validate(per_pipeline[name], field_prefix=prefix)
         except ParameterError as exc:
             violations.extend(exc.violations)
     if frame:

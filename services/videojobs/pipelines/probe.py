@@ -24,11 +24,9 @@ import av
 import av.error
 
 from videojobs.pipelines.base import (
-    ParameterSpec,
     PipelineFailure,
     PipelineOutput,
     PipelineReporter,
-    PipelineSpec,
 )
 from videojobs.pipelines.media import (
     check_frame_size,
@@ -37,30 +35,12 @@ from videojobs.pipelines.media import (
     format_name_of,
     open_media,
 )
+from videojobs.pipelines.specs import PROBE_SPEC
 
 log = logging.getLogger(__name__)
 
-SPEC = PipelineSpec(
-    name="probe",
-    version="1.0.0",
-    description="Container and stream metadata (format, duration, codecs, sizes, frame counts).",
-    parameters=(
-        ParameterSpec(
-            name="count_frames",
-            type="bool",
-            default=False,
-            description="Count video frames by demuxing even when the header states a count.",
-        ),
-        ParameterSpec(
-            name="verify_frames",
-            type="int",
-            default=3,
-            minimum=0,
-            maximum=1000,
-            description="How many frames of the first video stream to decode to prove it decodes.",
-        ),
-    ),
-)
+# Declared in `specs`, which job-service reads without importing this module.
+SPEC = PROBE_SPEC
 
 
 def _rate(value: Fraction | None) -> float | None:

@@ -39,40 +39,17 @@ from typing import Any
 import cv2
 import numpy as np
 
-from videojobs.pipelines.base import ParameterSpec, PipelineSpec
 from videojobs.pipelines.frames import AnalysisContext, SampledFrame, SectionResult
-
-# Hard cuts between real shots score about 0.3 to 0.8; steady camera pans and
-# moving objects stay near 0.05 to 0.15 (measured on synthetic textures).
-DEFAULT_THRESHOLD = 0.25
-DEFAULT_MIN_SHOT_SECONDS = 0.5
-
-THRESHOLD_PARAMETER = ParameterSpec(
-    name="threshold",
-    type="float",
-    default=DEFAULT_THRESHOLD,
-    minimum=0.0,
-    maximum=1.0,
-    description=(
-        "Content change (0: identical, 1: nothing in common) above which a sample starts a "
-        "new shot. Lower finds subtler cuts and risks splitting shots on fast motion."
-    ),
-)
-MIN_SHOT_SECONDS_PARAMETER = ParameterSpec(
-    name="min_shot_seconds",
-    type="float",
-    default=DEFAULT_MIN_SHOT_SECONDS,
-    minimum=0.0,
-    maximum=3600.0,
-    description="Shortest shot in seconds: a cut sooner than this after the last one is ignored.",
+from videojobs.pipelines.specs import (
+    DEFAULT_MIN_SHOT_SECONDS,
+    DEFAULT_THRESHOLD,
+    MIN_SHOT_SECONDS_PARAMETER,  # noqa: F401 (re-exported)
+    SCENES_SPEC,
+    THRESHOLD_PARAMETER,  # noqa: F401 (re-exported)
 )
 
-SPEC = PipelineSpec(
-    name="scenes",
-    version="1.0.0",
-    description="Shot boundaries (hard cuts) by content change between sampled frames.",
-    parameters=(THRESHOLD_PARAMETER, MIN_SHOT_SECONDS_PARAMETER),
-)
+# Declared in `specs`, which job-service reads without importing this module.
+SPEC = SCENES_SPEC
 
 # Signature size: 64 pixels wide is enough to tell shots apart and makes the
 # per-frame cost independent of the video's resolution (after one resize).

@@ -34,80 +34,21 @@ from typing import Any
 import cv2
 import numpy as np
 
-from videojobs.pipelines.base import ParameterSpec, PipelineFailure, PipelineSpec
+from videojobs.pipelines.base import PipelineFailure
 from videojobs.pipelines.frames import AnalysisContext, ArtifactOut, SampledFrame, SectionResult
-from videojobs.pipelines.scenes import (
-    MIN_SHOT_SECONDS_PARAMETER,
-    THRESHOLD_PARAMETER,
-    ShotDetector,
+from videojobs.pipelines.scenes import ShotDetector
+from videojobs.pipelines.specs import (
+    MAX_THUMBNAILS_LIMIT,  # noqa: F401 (re-exported)
+    THUMBNAIL_MODES,
+    THUMBNAILS_SPEC,
+    check_mode,  # noqa: F401 (re-exported)
 )
 from videojobs.storage.blobstore import put_bytes
 
-MODES = ("shot", "interval")
-
-
-def check_mode(value: str) -> None:
-    """Raises ValueError unless `value` is one of MODES."""
-    if value not in MODES:
-        raise ValueError(f"must be one of: {', '.join(MODES)}")
-
-
+MODES = THUMBNAIL_MODES
 MEDIA_TYPE = "image/jpeg"
-# File names have four digits: the cap keeps them sortable as text.
-MAX_THUMBNAILS_LIMIT = 10_000
-
-
-SPEC = PipelineSpec(
-    name="thumbnails",
-    version="1.0.0",
-    description="JPEG thumbnails, one per shot or one per time interval, stored as artifacts.",
-    parameters=(
-        ParameterSpec(
-            name="mode",
-            type="string",
-            default="shot",
-            description=(
-                "'shot': one image per shot (its first sampled frame); "
-                "'interval': one image every interval_seconds of video time."
-            ),
-            check=check_mode,
-        ),
-        ParameterSpec(
-            name="interval_seconds",
-            type="float",
-            default=5.0,
-            minimum=0.001,
-            maximum=86_400.0,
-            description="Seconds of video time between images in 'interval' mode.",
-        ),
-        ParameterSpec(
-            name="max_width",
-            type="int",
-            default=320,
-            minimum=16,
-            maximum=8192,
-            description="Widest image in pixels; larger frames are scaled down, aspect kept.",
-        ),
-        ParameterSpec(
-            name="quality",
-            type="int",
-            default=85,
-            minimum=1,
-            maximum=100,
-            description="JPEG quality, 1 (smallest) to 100 (best).",
-        ),
-        ParameterSpec(
-            name="max_thumbnails",
-            type="int",
-            default=100,
-            minimum=1,
-            maximum=MAX_THUMBNAILS_LIMIT,
-            description="Most images to make; later frames are skipped.",
-        ),
-        THRESHOLD_PARAMETER,
-        MIN_SHOT_SECONDS_PARAMETER,
-    ),
-)
+# Declared in `specs`, which job-service reads without importing this module.
+SPEC = THUMBNAILS_SPEC
 
 
 def scaled_size(width: int, height: int, max_width: int) -> tuple[int, int]:

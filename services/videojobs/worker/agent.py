@@ -25,15 +25,20 @@ import grpc
 from google.protobuf import json_format, struct_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from videojobs.common.aio import wait_event
 from videojobs.common.errors import ERROR_DOMAIN
 from videojobs.storage import InvalidStorageKey, StorageKey
 from videojobs.v1 import dispatch_service_pb2 as pb
 from videojobs.v1 import dispatch_service_pb2_grpc, job_pb2
+from videojobs.worker.pool import ChildPool
 from videojobs.worker.protocol import ChildTask
 from videojobs.worker.runner import RunningJob, run_child
 from videojobs.worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
+
+# Never heartbeat more often than this, whatever a Welcome says.
+MIN_HEARTBEAT_SECONDS = 0.05
 
 VERSION = "0.1.0"
 BACKOFF_INITIAL_SECONDS = 0.2
@@ -96,7 +101,16 @@ class WorkerAgent:
         self._closing = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._heartbeat_interval = 2.0
+        # Job-service's setting is the one source of truth: each Welcome says
+        # it, and heartbeats start only after one.
+        self._heartbeat_interval = 0.0
+        # One warm pipeline process per slot, started by `start_pool()`.
+        self.pool = ChildPool(
+            settings.concurrency,
+            memory_limit_bytes=settings.child_memory_limit_bytes,
+            max_jobs_per_child=settings.child_max_jobs,
+            max_rss_bytes=settings.child_max_rss_bytes,
+        )
         memory = settings.child_memory_limit_mib
         log.info(
             "job processes: memory limit %s, pictures up to %d pixels",
@@ -106,8 +120,16 @@ class WorkerAgent:
 
     # -- public --------------------------------------------------------------
 
+    async def start_pool(self) -> None:
+        """Starts the warm pipeline processes and waits until they are ready:
+        a worker says hello only when it can run a job at once."""
+        if not self.pool.started:
+            await self.pool.start()
+
     async def run(self) -> None:
-        """Keeps a session with job-service until `close()`."""
+        """Keeps a session with job-service until `close()` (starting the warm
+        pipeline processes first, if `start_pool()` did not)."""
+        await self.start_pool()
         backoff = BACKOFF_INITIAL_SECONDS
         while not self._closing.is_set():
             welcomed = False
@@ -143,8 +165,7 @@ class WorkerAgent:
                 backoff = BACKOFF_INITIAL_SECONDS
             delay = backoff * random.uniform(0.8, 1.2)
             backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), timeout=delay)
+            await wait_event(self._closing, delay)
 
     async def drain(self, grace: float) -> None:
         """Takes no new jobs, lets running ones finish for `grace` seconds, stops
@@ -171,6 +192,7 @@ class WorkerAgent:
         for task in list(self._job_tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.pool.close()
 
     # -- session -------------------------------------------------------------
 
@@ -190,8 +212,9 @@ class WorkerAgent:
                     if kind == "welcome":
                         welcomed = True
                         self.connected = True
-                        self._heartbeat_interval = (
-                            response.welcome.heartbeat_interval.ToTimedelta().total_seconds()
+                        self._heartbeat_interval = max(
+                            MIN_HEARTBEAT_SECONDS,
+                            response.welcome.heartbeat_interval.ToTimedelta().total_seconds(),
                         )
                         self._queue = queue
                         for message in self._backlog:
@@ -320,7 +343,7 @@ class WorkerAgent:
                 async def relay(line: dict) -> None:
                     self._send(self._report(job, line))
 
-                line = await run_child(job, task, relay)
+                line = await run_child(job, task, relay, self.pool)
             message = self._report(job, line)
             if line["type"] in ("completed", "failed"):
                 self._unconfirmed[job.job_id] = (token, message, time.monotonic())

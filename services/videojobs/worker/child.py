@@ -1,11 +1,13 @@
 """Entry point of a pipeline child process: `python -m videojobs.worker.child`.
 
-Runs one pipeline over one input and reports on stdout (see `protocol`).
-Isolation is the point: a decoder that crashes or hangs takes down this
-process, never the worker, and the worker can always kill it.
+A warm process of the worker's pool (`worker.pool`): it imports every
+pipeline once, then runs one task at a time, many over its life, reporting
+on stdout (see `protocol`). Isolation is the point: a decoder that crashes
+or hangs takes down this process, never the worker, and the worker can
+always kill it (that is how a job is stopped) and start another.
 
-The child also bounds itself: before it reads the input it caps its own
-address space (RLIMIT_AS) at the task's memory limit, so a hostile or simply
+The child also bounds itself: before it reads any input it caps its own
+address space (RLIMIT_AS) at the worker's memory limit, so a hostile or simply
 enormous input makes allocations fail here (MemoryError, FFmpeg's ENOMEM),
 which is reported as a final RESOURCE_EXHAUSTED failure, instead of the
 machine's OOM killer choosing a victim. The input is opened only with the
@@ -16,6 +18,7 @@ decoded under the task's pixel cap.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import logging
@@ -93,12 +96,6 @@ class LineReporter:
         self.emit({"type": "partial", "pipeline": self._pipeline, "data": data})
 
 
-def _exit_when_parent_goes(stdin: TextIO) -> None:
-    """Ends this process as soon as stdin closes (worker stop or worker death)."""
-    stdin.read()
-    os._exit(3)
-
-
 def apply_memory_limit(limit_bytes: int) -> None:
     """Caps this process's address space at `limit_bytes` (0: no cap).
 
@@ -124,16 +121,21 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, cv2.error) and getattr(exc, "code", None) == cv2.Error.StsNoMem
 
 
-def peak_address_space_bytes() -> int:
-    """The largest address space this process has had (VmPeak; 0 if unknown)."""
+def _status_bytes(field: str) -> int:
+    """A size field of /proc/self/status (`VmPeak`, `VmRSS`) in bytes; 0 if unknown."""
     try:
         with open("/proc/self/status", encoding="ascii") as status:
             for line in status:
-                if line.startswith("VmPeak:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
     return 0
+
+
+def peak_address_space_bytes() -> int:
+    """The largest address space this process has had (VmPeak; 0 if unknown)."""
+    return _status_bytes("VmPeak")
 
 
 def reached_memory_limit(limit_bytes: int) -> bool:
@@ -160,18 +162,35 @@ def memory_failure(limit_bytes: int) -> dict[str, Any]:
     }
 
 
+# One channel to job-service per address and credentials, kept for the life
+# of this warm process: a job reuses the connection instead of paying a new
+# TCP (and TLS) handshake. It carries nothing of a job: each job's store
+# sends its own lease token with every call.
+_CHANNELS: dict[tuple[str, str], Any] = {}
+
+
+def _channel_to(task: ChildTask):
+    key = (task.job_service_address, json.dumps(task.credentials, sort_keys=True))
+    channel = _CHANNELS.get(key)
+    if channel is None:
+        security = ClientSecurity(**task.credentials)
+        channel = _CHANNELS[key] = security.sync_channel(
+            task.job_service_address, REMOTE_CHANNEL_OPTIONS
+        )
+    return channel
+
+
 def open_task_store(task: ChildTask) -> BlobStore:
     """The storage of the task: job-service's BlobService (default), or the
     shared storage named by `storage_url` (the direct optimisation)."""
     if task.storage_url:
         return open_blob_store(task.storage_url)
-    security = ClientSecurity(**task.credentials)
     return RemoteBlobStore(
         task.job_service_address,
         lease_token=task.lease_token,
         spool_dir=task.spool_dir or None,
-        channel=security.sync_channel(task.job_service_address, REMOTE_CHANNEL_OPTIONS),
-        owns_channel=True,
+        channel=_channel_to(task),
+        owns_channel=False,
     )
 
 
@@ -303,30 +322,21 @@ def run(task: ChildTask, reporter: LineReporter, prepared: PreparedTask | None =
     )
 
 
-def main() -> int:
-    """Reads the task from stdin, runs it, reports on stdout."""
-    # The protocol owns the real stdout; anything else printed goes to stderr.
-    protocol_out = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    logging.basicConfig(level=logging.INFO, format="child %(levelname)s %(name)s: %(message)s")
-    task = ChildTask(**json.loads(sys.stdin.readline()))
-    threading.Thread(target=_exit_when_parent_goes, args=(sys.stdin,), daemon=True).start()
-    reporter = LineReporter(protocol_out, task.pipeline)
+def run_task(task: ChildTask, reporter: LineReporter) -> bool:
+    """Runs one task and emits its terminal line (completed or failed); never
+    raises. Returns whether the job failed for want of memory."""
     failure: dict[str, Any]
     out_of_memory: str | None = None
     prepared: PreparedTask | None = None
+    limit = task.memory_limit_bytes
     try:
         prepared = prepare(task)
-        # After the imports, the connection and the fetch of the input (the
-        # same for every job) and before the input is decoded (what an input
-        # makes us allocate is what is limited).
-        apply_memory_limit(task.memory_limit_bytes)
         run(task, reporter, prepared)
         prepared.close()
-        return 0
+        return False
     except PipelineFailure as exc:
-        if exc.reason in _DECODER_FAILURE_REASONS and reached_memory_limit(task.memory_limit_bytes):
-            failure = memory_failure(task.memory_limit_bytes)
+        if exc.reason in _DECODER_FAILURE_REASONS and reached_memory_limit(limit):
+            failure = memory_failure(limit)
             out_of_memory = f"{exc.reason}: {exc.message}"
         else:
             failure = {
@@ -345,10 +355,10 @@ def main() -> int:
             "retryable": True,
         }
     except Exception as exc:  # noqa: BLE001 - reported as a retryable crash, traceback to stderr
-        if is_out_of_memory(exc) or reached_memory_limit(task.memory_limit_bytes):
+        if is_out_of_memory(exc) or reached_memory_limit(limit):
             # No traceback here: formatting one needs memory, and the frames it
             # would keep alive hold what filled it.
-            failure = memory_failure(task.memory_limit_bytes)
+            failure = memory_failure(limit)
             out_of_memory = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
         else:
             traceback.print_exc(file=sys.stderr)
@@ -365,7 +375,75 @@ def main() -> int:
     reporter.emit(failure)
     if prepared is not None:
         prepared.close()
+    return out_of_memory is not None
+
+
+def resident_bytes() -> int:
+    """This process's resident memory (VmRSS; 0 if unknown)."""
+    return _status_bytes("VmRSS")
+
+
+def _die_with_parent() -> None:
+    """Linux: this process gets SIGKILL when the worker that started it dies,
+    however it dies (a warm child may be busy and not reading its stdin)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:
+            os._exit(3)  # the worker died before the call above
+
+
+def warm_up() -> None:
+    """Imports every installed pipeline's code now, so no job pays for it."""
+    catalogue = builtin_catalogue()
+    for name in catalogue.names:
+        try:
+            catalogue.get(name)
+        except Exception:  # noqa: BLE001 - a broken plug-in fails its own jobs, not the pool
+            log.warning("pipeline %s could not be loaded", name, exc_info=True)
+
+
+def serve_warm(protocol_out: TextIO, memory_limit_bytes: int) -> int:
+    """`--warm`: imports the pipelines, says `ready`, then runs one task per
+    stdin line until stdin closes, saying `idle` (with its memory) after each.
+    Each task gets fresh pipeline objects, storage connection and spool file;
+    the worker kills this process to stop a job."""
+    _die_with_parent()
+    warm_up()
+    # Capped once, before any input is read: an input that needs more than
+    # the limit fails here, and the worker then retires this process.
+    apply_memory_limit(memory_limit_bytes)
+    control = LineReporter(protocol_out, "")
+    control.emit({"type": "ready", "pid": os.getpid()})
+    for raw in sys.stdin:
+        if not raw.strip():
+            continue
+        task = ChildTask(**json.loads(raw))
+        out_of_memory = run_task(task, LineReporter(protocol_out, task.pipeline))
+        control.emit(
+            {
+                "type": "idle",
+                "rss_bytes": resident_bytes(),
+                "near_memory_limit": out_of_memory or reached_memory_limit(memory_limit_bytes),
+            }
+        )
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m videojobs.worker.child [--memory-limit-bytes N]`: a warm
+    pipeline process (see `serve_warm`), started by the worker's pool."""
+    parser = argparse.ArgumentParser(prog="python -m videojobs.worker.child")
+    parser.add_argument("--warm", action="store_true", help="(the only mode; kept for clarity)")
+    parser.add_argument("--memory-limit-bytes", type=int, default=0)
+    args = parser.parse_args(argv)
+    # The protocol owns the real stdout; anything else printed goes to stderr.
+    protocol_out = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    logging.basicConfig(level=logging.INFO, format="child %(levelname)s %(name)s: %(message)s")
+    return serve_warm(protocol_out, args.memory_limit_bytes)
 
 
 if __name__ == "__main__":

@@ -83,6 +83,7 @@ async def serve(settings: WorkerSettings, stop_requested: asyncio.Event) -> None
         ",".join(agent.pipelines),
         settings.concurrency,
     )
+    await agent.start_pool()
     session = asyncio.create_task(agent.run(), name="dispatch-session")
     await stop_requested.wait()
     await agent.drain(settings.drain_grace)

@@ -1,15 +1,20 @@
-"""The line protocol between a worker and its pipeline child process.
+"""The line protocol between a worker and its warm pipeline child processes.
 
-The worker writes one JSON line (the task) to the child's stdin and keeps
-stdin open; closing it tells the child to stop (and a dying worker closes it
-too, so a child never outlives its worker). The child writes JSON lines to its
-stdout, each an object with a `type`:
+A child says `ready` (with its pid) once it imported the pipelines. The
+worker then writes one JSON line (a task) at a time to its stdin; the child
+runs it and writes JSON lines to its stdout, each an object with a `type`,
+ending the task with its terminal line and then `idle`. Closing stdin ends an
+idle child; the worker kills a child to stop its job, and a child dies with
+its worker (PR_SET_PDEATHSIG).
 
+- `ready`: pid (once, at start)
 - `progress`: fraction, stage
 - `partial`: pipeline, data
 - `completed`: output_key, artifacts [{key, media_type, size_bytes}], summary
 - `failed`: code, message, reason, retryable (a job that outgrows the memory
   limit: RESOURCE_EXHAUSTED / MEMORY_LIMIT_EXCEEDED, not retryable)
+- `idle`: rss_bytes, near_memory_limit (after each task's terminal line: the
+  worker recycles a child that grew too large or came near its limit)
 """
 
 from __future__ import annotations

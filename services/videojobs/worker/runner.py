@@ -1,29 +1,30 @@
-"""Runs one assignment in a pipeline child process and relays what it says.
+"""Runs one assignment in a warm pipeline child (see `pool`) and relays what
+it says.
 
 The event loop only awaits pipes, so heartbeats and the job-service stream
-keep flowing however heavy the decoding is.
+keep flowing however heavy the decoding is. Stopping a job kills its child;
+the pool starts another.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
 import signal
-import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from videojobs.worker.protocol import ChildTask
 
+if TYPE_CHECKING:
+    from videojobs.worker.pool import ChildPool, WarmChild
+
 log = logging.getLogger(__name__)
 
-# How long a child gets to exit after its stdin closes before it is killed.
-STOP_GRACE_SECONDS = 0.5
 # Longest protocol line accepted from a child (a partial result).
 MAX_LINE_BYTES = 16 * 1024 * 1024
 # glibc malloc reserves 64 MiB of address space per arena and creates up to
@@ -46,50 +47,50 @@ class RunningJob:
     start_time: datetime = field(default_factory=lambda: datetime.now(UTC))
     progress_fraction: float = 0.0
     stop_reason: str | None = None
-    process: asyncio.subprocess.Process | None = None
+    child: WarmChild | None = None
 
     async def stop(self, reason: str) -> None:
-        """Stops the child: close its stdin, then kill it after a grace period."""
+        """Stops the job: its child is killed (the pool replaces it)."""
         self.stop_reason = reason
-        process = self.process
-        if process is None or process.returncode is not None:
+        child = self.child
+        if child is None or not child.alive:
             return
-        if process.stdin is not None and not process.stdin.is_closing():
-            process.stdin.close()
-        try:
-            await asyncio.wait_for(process.wait(), timeout=STOP_GRACE_SECONDS)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
+        child.kill()
+        await child.process.wait()
 
 
 Report = Callable[[dict[str, Any]], Awaitable[None]]
 
 
-async def run_child(job: RunningJob, task: ChildTask, report: Report) -> dict[str, Any]:
-    """Runs `task` in a child process, passing progress and partial lines to
-    `report` as they come; returns the terminal line (completed or failed).
+async def run_child(
+    job: RunningJob, task: ChildTask, report: Report, pool: ChildPool
+) -> dict[str, Any]:
+    """Runs `task` in a warm child from `pool`, passing progress and partial
+    lines to `report` as they come; returns the terminal line (completed or
+    failed).
 
     A child that dies without a terminal line becomes a retryable INTERNAL
-    failure; a child stopped on purpose becomes `{"type": "stopped"}`.
+    failure; a job stopped on purpose becomes `{"type": "stopped"}`.
     """
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "videojobs.worker.child",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        limit=MAX_LINE_BYTES,
-        env=child_environment(),
-    )
-    job.process = process
+    if job.stop_reason is not None:
+        return {"type": "stopped", "reason": job.stop_reason}
+    child = await pool.acquire()
+    job.child = child
+    process = child.process
     terminal: dict[str, Any] | None = None
+    finished: dict[str, Any] = {}
     try:
         assert process.stdin is not None and process.stdout is not None
-        process.stdin.write((json.dumps(task.to_dict()) + "\n").encode())
-        await process.stdin.drain()
-        async for raw in process.stdout:
+        try:
+            process.stdin.write((json.dumps(task.to_dict()) + "\n").encode())
+            await process.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # it died while idle: reading finds the end at once
+        while True:
+            raw = await process.stdout.readline()
+            if not raw:
+                await process.wait()
+                break
             try:
                 line = json.loads(raw)
             except ValueError:
@@ -98,21 +99,25 @@ async def run_child(job: RunningJob, task: ChildTask, report: Report) -> dict[st
             kind = line.get("type")
             if kind in ("completed", "failed"):
                 terminal = line
+            elif kind == "idle":
+                finished = line
+                break
             elif kind == "progress":
                 job.progress_fraction = float(line.get("fraction", 0.0))
                 await report(line)
             elif kind == "partial":
                 await report(line)
-        await process.wait()
     except BaseException:
         # The worker is stopping this job (or itself): never leave a child behind.
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
+        child.kill()
         await asyncio.shield(process.wait())
+        pool.release(child)
         raise
-    finally:
-        if process.stdin is not None and not process.stdin.is_closing():
-            process.stdin.close()
+    pool.release(
+        child,
+        rss_bytes=int(finished.get("rss_bytes", 0)),
+        near_memory_limit=bool(finished.get("near_memory_limit")),
+    )
     if job.stop_reason is not None:
         return {"type": "stopped", "reason": job.stop_reason}
     if terminal is not None:

@@ -31,6 +31,8 @@ MIB = 1024 * 1024
 # malloc arenas bounded as worker.runner does. The ceiling keeps one hostile
 # input from taking a big machine's memory.
 AUTO_CHILD_MEMORY_MIN_MIB = 2048
+# Jobs one warm pipeline process runs before it is replaced.
+DEFAULT_CHILD_MAX_JOBS = 500
 AUTO_CHILD_MEMORY_MAX_MIB = 8192
 # Share of the machine's physical memory the children of one worker may use.
 AUTO_CHILD_MEMORY_SHARE = 0.75
@@ -56,6 +58,10 @@ class WorkerSettings:
     # Address-space limit of each pipeline child in MiB; 0: none. The command
     # line always resolves to a limit (see `auto_child_memory_limit_mib`).
     child_memory_limit_mib: int = 0
+    # A warm pipeline process is replaced after this many jobs, or when its
+    # resident memory passed `child_max_rss_mib` (0: half the memory limit).
+    child_max_jobs: int = DEFAULT_CHILD_MAX_JOBS
+    child_max_rss_mib: int = 0
     # Where inputs read through BlobService are spooled for the decoders.
     spool_dir: str = ""
     # How it reaches job-service: its token and TLS (see common.security).
@@ -69,6 +75,13 @@ class WorkerSettings:
     def child_memory_limit_bytes(self) -> int:
         """The per-child limit in bytes (0: none)."""
         return self.child_memory_limit_mib * MIB
+
+    @property
+    def child_max_rss_bytes(self) -> int:
+        """Resident memory above which a warm child is recycled (0: never)."""
+        if self.child_max_rss_mib:
+            return self.child_max_rss_mib * MIB
+        return self.child_memory_limit_bytes // 2
 
 
 def default_worker_id() -> str:
@@ -167,6 +180,23 @@ def parse_settings(argv: list[str] | None = None) -> WorkerSettings:
     )
     add_option(
         parser,
+        "--child-max-jobs",
+        "VIDEOJOBS_WORKER_CHILD_MAX_JOBS",
+        DEFAULT_CHILD_MAX_JOBS,
+        "jobs one warm pipeline process runs before it is replaced by a fresh one",
+        int,
+    )
+    add_option(
+        parser,
+        "--child-max-rss-mib",
+        "VIDEOJOBS_WORKER_CHILD_MAX_RSS_MIB",
+        0,
+        "a warm pipeline process whose resident memory passed this many MiB after a job "
+        "is replaced; 0 (the default) means half of --child-memory-limit-mib",
+        int,
+    )
+    add_option(
+        parser,
         "--token-file",
         "VIDEOJOBS_TOKEN_FILE",
         "",
@@ -214,6 +244,8 @@ def parse_settings(argv: list[str] | None = None) -> WorkerSettings:
         parser.error("--concurrency must be 1 to 64")
     if args.max_frame_pixels < 1:
         parser.error("--max-frame-pixels must be at least 1")
+    if args.child_max_jobs < 1 or args.child_max_rss_mib < 0:
+        parser.error("--child-max-jobs must be at least 1 and --child-max-rss-mib 0 or more")
     if args.child_memory_limit_mib < 0:
         parser.error("--child-memory-limit-mib must be 0 (auto) or a number of MiB")
     child_memory_limit_mib = args.child_memory_limit_mib or auto_child_memory_limit_mib(
@@ -243,6 +275,8 @@ def parse_settings(argv: list[str] | None = None) -> WorkerSettings:
         log_level=args.log_level,
         max_frame_pixels=args.max_frame_pixels,
         child_memory_limit_mib=child_memory_limit_mib,
+        child_max_jobs=args.child_max_jobs,
+        child_max_rss_mib=args.child_max_rss_mib,
         spool_dir=str(spool_dir),
         client_security=client_security,
         auth_file=args.auth_file,

@@ -10,7 +10,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from videojobs.common import errors
 from videojobs.common.errors import ERROR_DOMAIN
-from videojobs.jobservice import domain
+from videojobs.jobservice import domain, event_payloads
 from videojobs.v1 import job_pb2
 
 STATE_TO_PROTO = {
@@ -149,7 +149,7 @@ def job(value: domain.Job) -> job_pb2.Job:
         queue_timeout=duration(value.queue_timeout_seconds),
         attempts=[attempt(a) for a in value.attempts],
         next_attempt_time=timestamp(value.next_attempt_time),
-        pipelines=value.pipeline.split("+"),
+        pipelines=list(value.pipelines),
         warnings=list(value.warnings),
         input_format=value.input_format,
         input_remove_time=timestamp(value.input_removed_at),
@@ -174,39 +174,34 @@ def event(value: domain.JobEvent) -> job_pb2.JobEvent:
         attempt=value.attempt,
     )
     payload = value.payload
-    kind = value.kind
-    if kind is domain.EventKind.STATE_CHANGED:
-        from_state = payload.get("from_state")
-        message.state_changed.CopyFrom(
-            job_pb2.StateChanged(
-                from_state=STATE_TO_PROTO[domain.JobState(from_state)] if from_state else 0,
-                to_state=STATE_TO_PROTO[domain.JobState(payload["to_state"])],
-                reason=payload.get("reason", ""),
+    match payload:
+        case event_payloads.StateChanged(from_state, to_state, reason):
+            message.state_changed.CopyFrom(
+                job_pb2.StateChanged(
+                    from_state=STATE_TO_PROTO[from_state] if from_state is not None else 0,
+                    to_state=STATE_TO_PROTO[to_state],
+                    reason=reason,
+                )
             )
-        )
-    elif kind is domain.EventKind.PROGRESS:
-        message.progress.CopyFrom(
-            job_pb2.Progress(fraction=payload["fraction"], stage=payload.get("stage", ""))
-        )
-    elif kind is domain.EventKind.PARTIAL_RESULT:
-        message.partial_result.CopyFrom(
-            job_pb2.PartialResult(pipeline=payload["pipeline"], data=struct(payload["data"]))
-        )
-    elif kind is domain.EventKind.COMPLETED:
-        message.completed.CopyFrom(
-            job_pb2.JobCompleted(
-                output_key=payload["output_key"],
-                artifacts=[job_pb2.Artifact(**a) for a in payload.get("artifacts", [])],
-                summary=struct(payload.get("summary") or {}),
-                warnings=payload.get("warnings", []),
+        case event_payloads.Progress(fraction, stage):
+            message.progress.CopyFrom(job_pb2.Progress(fraction=fraction, stage=stage))
+        case event_payloads.PartialResult(pipeline, data):
+            message.partial_result.CopyFrom(
+                job_pb2.PartialResult(pipeline=pipeline, data=struct(data))
             )
-        )
-    elif kind is domain.EventKind.FAILED:
-        message.failed.error.CopyFrom(
-            error_status(
-                payload["code"], payload["message"], payload["reason"], payload.get("metadata", {})
+        case event_payloads.Completed(output_key, artifacts, summary, warnings):
+            message.completed.CopyFrom(
+                job_pb2.JobCompleted(
+                    output_key=output_key.value,
+                    artifacts=[job_pb2.Artifact(**a.to_dict()) for a in artifacts],
+                    summary=struct(summary),
+                    warnings=list(warnings),
+                )
             )
-        )
-    elif kind is domain.EventKind.CANCELLED:
-        message.cancelled.reason = payload.get("reason", "")
+        case event_payloads.Failed(error):
+            message.failed.error.CopyFrom(
+                error_status(error.code, error.message, error.reason, error.metadata)
+            )
+        case event_payloads.Cancelled(reason):
+            message.cancelled.reason = reason
     return message

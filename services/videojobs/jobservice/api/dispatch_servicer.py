@@ -9,7 +9,6 @@ ends the stream with INVALID_ARGUMENT naming the field.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -18,6 +17,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2
 
 from videojobs.common import errors
+from videojobs.common.aio import run_to_completion
 from videojobs.common.auth import current_principal
 from videojobs.common.grpc_errors import maps_service_errors
 from videojobs.common.text import clean_text
@@ -36,6 +36,7 @@ from videojobs.jobservice.limits import (
     MAX_MEDIA_TYPE_CHARS,
     MAX_PIPELINE_NAME_CHARS,
 )
+from videojobs.jobservice.notices import StopReason
 from videojobs.storage import InvalidStorageKey, StorageKey
 from videojobs.v1 import dispatch_service_pb2 as pb
 from videojobs.v1 import dispatch_service_pb2_grpc
@@ -43,10 +44,12 @@ from videojobs.v1 import dispatch_service_pb2_grpc
 log = logging.getLogger(__name__)
 
 _STOP_REASONS = {
-    "cancelled": pb.STOP_REASON_CANCELLED,
-    "lease_lost": pb.STOP_REASON_LEASE_LOST,
-    "job_ended": pb.STOP_REASON_JOB_ENDED,
-    "timed_out": pb.STOP_REASON_TIMED_OUT,
+    StopReason.CANCELLED: pb.STOP_REASON_CANCELLED,
+    StopReason.LEASE_LOST: pb.STOP_REASON_LEASE_LOST,
+    # The contract has one reason for a lease the worker no longer holds.
+    StopReason.LEASE_EXPIRED: pb.STOP_REASON_LEASE_LOST,
+    StopReason.JOB_ENDED: pb.STOP_REASON_JOB_ENDED,
+    StopReason.TIMED_OUT: pb.STOP_REASON_TIMED_OUT,
 }
 _END_OF_STREAM = object()
 
@@ -109,17 +112,30 @@ class DispatchServicer(dispatch_service_pb2_grpc.DispatchServiceServicer):
             )
         hello = first.hello
         held = _leases(hello.held_leases, "hello.held_leases")
-        session = await self._coordinator.open_session(
-            principal=current_principal(),
-            hello=WorkerHello(
-                worker_id=hello.worker_id,
-                pipelines=frozenset(hello.pipelines),
-                max_concurrent_jobs=hello.max_concurrent_jobs,
-                held_leases=held,
-                version=hello.version,
-                draining=hello.draining,
-            ),
+        opening = asyncio.ensure_future(
+            self._coordinator.open_session(
+                principal=current_principal(),
+                hello=WorkerHello(
+                    worker_id=hello.worker_id,
+                    pipelines=frozenset(hello.pipelines),
+                    max_concurrent_jobs=hello.max_concurrent_jobs,
+                    held_leases=held,
+                    version=hello.version,
+                    draining=hello.draining,
+                ),
+            )
         )
+        try:
+            session = await run_to_completion(opening)
+        except asyncio.CancelledError:
+            # The worker went away while its session opened: close it again.
+            if not opening.cancelled() and opening.exception() is None:
+                await run_to_completion(
+                    self._coordinator.close_session(
+                        opening.result(), requeue=not self.shutting_down
+                    )
+                )
+            raise
         reader = asyncio.create_task(self._read(session, request_iterator))
         reader.add_done_callback(lambda _: session.outbox.put_nowait(_END_OF_STREAM))
         try:
@@ -150,115 +166,125 @@ class DispatchServicer(dispatch_service_pb2_grpc.DispatchServiceServicer):
                 # status (see maps_service_errors), never silently with OK.
                 raise failure
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
-            # Shielded: the handler may itself be being cancelled (the peer went
-            # away), and the requeue must still happen.
-            await asyncio.shield(
-                self._coordinator.close_session(session, requeue=not self.shutting_down)
-            )
+            # Run to completion: the handler may itself be being cancelled (the
+            # peer went away), and the reader must end cleanly and the requeue
+            # still happen.
+            await run_to_completion(self._end_session(session, reader))
+
+    async def _end_session(self, session: WorkerSession, reader: asyncio.Task) -> None:
+        """Stops the reader (between two messages) and closes the session."""
+        reader.cancel()
+        await asyncio.wait([reader])
+        if not reader.cancelled() and reader.exception() is not None:
+            log.debug("worker %s: reader ended with %r", session.worker_id, reader.exception())
+        await self._coordinator.close_session(session, requeue=not self.shutting_down)
 
     async def _read(self, session: WorkerSession, request_iterator) -> None:
-        coordinator = self._coordinator
         async for message in request_iterator:
             session.heard_from()
-            kind = message.WhichOneof("payload")
-            if kind == "heartbeat":
-                running = _leases(message.heartbeat.running, "heartbeat.running")
-                await coordinator.heartbeat(session, running, message.heartbeat.draining)
-            elif kind == "progress":
-                report = message.progress
-                check_job_id(report.job_id, "progress.job_id")
-                _token(report.lease_token, "progress.lease_token")
-                fraction = report.progress.fraction
-                if not 0.0 <= fraction <= 1.0:
-                    raise errors.invalid_argument(
-                        "progress out of range", [("progress.progress.fraction", "0.0 to 1.0")]
-                    )
-                await coordinator.report_progress(
-                    session, report.job_id, report.lease_token, fraction, report.progress.stage
-                )
-            elif kind == "partial_result":
-                report = message.partial_result
-                check_job_id(report.job_id, "partial_result.job_id")
-                _token(report.lease_token, "partial_result.lease_token")
-                pipeline = report.partial_result.pipeline
-                if len(pipeline) > MAX_PIPELINE_NAME_CHARS:
-                    raise errors.invalid_argument(
-                        "partial result names an impossible pipeline",
-                        [
-                            (
-                                "partial_result.partial_result.pipeline",
-                                f"at most {MAX_PIPELINE_NAME_CHARS} characters",
-                            )
-                        ],
-                    )
-                size = report.partial_result.ByteSize()
-                # Converted only when it may be recorded: an oversized one is
-                # refused by its size alone.
-                data = (
-                    convert.struct_to_dict(
-                        report.partial_result.data, "partial_result.partial_result.data"
-                    )
-                    if size <= coordinator.max_partial_result_bytes
-                    else {}
-                )
-                await coordinator.report_partial_result(
-                    session,
-                    report.job_id,
-                    report.lease_token,
-                    clean_text(pipeline, MAX_PIPELINE_NAME_CHARS),
-                    data,
-                    size,
-                )
-            elif kind == "completion":
-                report = message.completion
-                check_job_id(report.job_id, "completion.job_id")
-                _token(report.lease_token, "completion.lease_token")
-                output_key = _key(report.output_key, "completion.output_key")
-                artifacts = [
-                    Artifact(
-                        _key(a.key, f"completion.artifacts[{i}].key"),
-                        clean_text(a.media_type, MAX_MEDIA_TYPE_CHARS),
-                        a.size_bytes,
-                        a.width,
-                        a.height,
-                        a.time_seconds,
-                        a.index,
-                        a.frame_index,
-                    )
-                    for i, a in enumerate(report.artifacts)
-                ]
-                await coordinator.report_completion(
-                    session,
-                    report.job_id,
-                    report.lease_token,
-                    output_key,
-                    artifacts,
-                    convert.struct_to_dict(report.summary, "completion.summary"),
-                    list(report.warnings),
-                    summary_bytes=report.summary.ByteSize(),
-                    report_bytes=report.ByteSize(),
-                )
-            elif kind == "failure":
-                report = message.failure
-                check_job_id(report.job_id, "failure.job_id")
-                _token(report.lease_token, "failure.lease_token")
-                error = _failure_error(report)
-                await coordinator.report_failure(
-                    session, report.job_id, report.lease_token, error, report.retryable
-                )
-            elif kind == "stopped":
-                check_job_id(message.stopped.job_id, "stopped.job_id")
-                _token(message.stopped.lease_token, "stopped.lease_token")
-                await coordinator.report_stopped(
-                    session, message.stopped.job_id, message.stopped.lease_token
-                )
-            else:
+            # Each message is applied whole: a cancellation (the stream ended)
+            # takes effect between messages, never inside a transaction.
+            await run_to_completion(self._apply(session, message))
+
+    async def _apply(self, session: WorkerSession, message: pb.ConnectRequest) -> None:
+        """Applies one message from the worker."""
+        coordinator = self._coordinator
+        kind = message.WhichOneof("payload")
+        if kind == "heartbeat":
+            running = _leases(message.heartbeat.running, "heartbeat.running")
+            await coordinator.heartbeat(session, running, message.heartbeat.draining)
+        elif kind == "progress":
+            report = message.progress
+            check_job_id(report.job_id, "progress.job_id")
+            _token(report.lease_token, "progress.lease_token")
+            fraction = report.progress.fraction
+            if not 0.0 <= fraction <= 1.0:
                 raise errors.invalid_argument(
-                    "unexpected message on the worker stream", [("payload", f"{kind} not allowed")]
+                    "progress out of range", [("progress.progress.fraction", "0.0 to 1.0")]
                 )
+            await coordinator.report_progress(
+                session, report.job_id, report.lease_token, fraction, report.progress.stage
+            )
+        elif kind == "partial_result":
+            report = message.partial_result
+            check_job_id(report.job_id, "partial_result.job_id")
+            _token(report.lease_token, "partial_result.lease_token")
+            pipeline = report.partial_result.pipeline
+            if len(pipeline) > MAX_PIPELINE_NAME_CHARS:
+                raise errors.invalid_argument(
+                    "partial result names an impossible pipeline",
+                    [
+                        (
+                            "partial_result.partial_result.pipeline",
+                            f"at most {MAX_PIPELINE_NAME_CHARS} characters",
+                        )
+                    ],
+                )
+            size = report.partial_result.ByteSize()
+            # Converted only when it may be recorded: an oversized one is
+            # refused by its size alone.
+            data = (
+                convert.struct_to_dict(
+                    report.partial_result.data, "partial_result.partial_result.data"
+                )
+                if size <= coordinator.max_partial_result_bytes
+                else {}
+            )
+            await coordinator.report_partial_result(
+                session,
+                report.job_id,
+                report.lease_token,
+                clean_text(pipeline, MAX_PIPELINE_NAME_CHARS),
+                data,
+                size,
+            )
+        elif kind == "completion":
+            report = message.completion
+            check_job_id(report.job_id, "completion.job_id")
+            _token(report.lease_token, "completion.lease_token")
+            output_key = _key(report.output_key, "completion.output_key")
+            artifacts = [
+                Artifact(
+                    _key(a.key, f"completion.artifacts[{i}].key"),
+                    clean_text(a.media_type, MAX_MEDIA_TYPE_CHARS),
+                    a.size_bytes,
+                    a.width,
+                    a.height,
+                    a.time_seconds,
+                    a.index,
+                    a.frame_index,
+                )
+                for i, a in enumerate(report.artifacts)
+            ]
+            await coordinator.report_completion(
+                session,
+                report.job_id,
+                report.lease_token,
+                output_key,
+                artifacts,
+                convert.struct_to_dict(report.summary, "completion.summary"),
+                list(report.warnings),
+                summary_bytes=report.summary.ByteSize(),
+                report_bytes=report.ByteSize(),
+            )
+        elif kind == "failure":
+            report = message.failure
+            check_job_id(report.job_id, "failure.job_id")
+            _token(report.lease_token, "failure.lease_token")
+            error = _failure_error(report)
+            await coordinator.report_failure(
+                session, report.job_id, report.lease_token, error, report.retryable
+            )
+        elif kind == "stopped":
+            check_job_id(message.stopped.job_id, "stopped.job_id")
+            _token(message.stopped.lease_token, "stopped.lease_token")
+            await coordinator.report_stopped(
+                session, message.stopped.job_id, message.stopped.lease_token
+            )
+        else:
+            raise errors.invalid_argument(
+                "unexpected message on the worker stream", [("payload", f"{kind} not allowed")]
+            )
 
 
 def _failure_error(report: pb.JobFailureReport) -> errors.ServiceError:

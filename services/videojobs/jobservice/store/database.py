@@ -9,18 +9,21 @@ a second engine with deferred transactions so they never wait for writers.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
+import os
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from importlib import resources
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event, select
+from sqlalchemy import event, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
+from videojobs.jobservice.notifier import InProcessNotifier, Notifier
 from videojobs.jobservice.store.models import ServerSecretRow
 from videojobs.jobservice.store.repository import JobRepository
 
@@ -46,14 +49,24 @@ def _configure_sqlite(engine: AsyncEngine, begin_statement: str) -> None:
         connection.exec_driver_sql(begin_statement)
 
 
+class SingleReplicaError(RuntimeError):
+    """A second job-service on one SQLite database (SQLite is single-replica)."""
+
+
+# Serialises migrations of replicas starting together on PostgreSQL.
+MIGRATION_LOCK_KEY = 0x76696465  # "vide"
+
+
 class Database:
     """Owns the engines and hands out units of work over a JobRepository.
 
-    `on_commit` is called after each successful write transaction with the ids
-    of the jobs that got new events, so live followers can be woken.
+    Each write unit of work hands the notices its changes produced (jobs
+    queued, events appended, leases to stop) to `notifier`: inside the
+    transaction (so PostgreSQL sends them to other replicas on commit) and to
+    this process right after the commit.
     """
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, echo: bool = False, notifier: Notifier | None = None) -> None:
         self.url = make_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         self._write_engine = create_async_engine(self.url, echo=echo)
@@ -65,22 +78,58 @@ class Database:
             self._read_engine = self._write_engine
         self._write_sessions = async_sessionmaker(self._write_engine, expire_on_commit=False)
         self._read_sessions = async_sessionmaker(self._read_engine, expire_on_commit=False)
-        self.on_commit: Callable[[set[str]], None] | None = None
+        self.notifier: Notifier = notifier or InProcessNotifier()
+        self._replica_lock: int | None = None
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[JobRepository]:
-        """A write unit of work: commits on success, rolls back on error."""
+        """A write unit of work: commits on success, rolls back on error; its
+        notices go out on commit."""
         async with self._write_sessions() as session, session.begin():
-            repository = JobRepository(session)
+            repository = JobRepository(session, skip_locked=not self.is_sqlite)
             yield repository
-        if repository.jobs_with_new_events and self.on_commit is not None:
-            self.on_commit(repository.jobs_with_new_events)
+            notices = repository.pending_notices()
+            if notices:
+                await self.notifier.before_commit(session, notices)
+        if notices:
+            self.notifier.after_commit(notices)
 
     @contextlib.asynccontextmanager
     async def reading(self) -> AsyncIterator[JobRepository]:
         """A read-only unit of work."""
         async with self._read_sessions() as session, session.begin():
             yield JobRepository(session)
+
+    def hold_single_replica_lock(self) -> None:
+        """On SQLite, makes this process the database's only job-service: an
+        exclusive lock on `<database>.lock`, held until `dispose()` (or the
+        process's end, however it ends).
+
+        Raises:
+            SingleReplicaError: another job-service holds it.
+        """
+        if not self.is_sqlite or self._replica_lock is not None:
+            return
+        path = self.url.database
+        if not path or path == ":memory:":
+            return
+        lock_path = f"{path}.lock"
+        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise SingleReplicaError(
+                f"another job-service already runs on the SQLite database {path}: SQLite "
+                "is the single-replica default; run several replicas on PostgreSQL "
+                "(VIDEOJOBS_DATABASE_URL=postgresql+asyncpg://...)"
+            ) from None
+        self._replica_lock = descriptor
+
+    def _release_single_replica_lock(self) -> None:
+        if self._replica_lock is not None:
+            os.close(self._replica_lock)  # closing the descriptor releases the flock
+            self._replica_lock = None
 
     async def shared_secret(self, name: str) -> bytes:
         """The secret called `name` (32 random bytes), created on first use and
@@ -98,14 +147,44 @@ class Database:
                 continue  # another replica created it first: read theirs
         raise RuntimeError(f"could not read or create the server secret {name!r}")
 
-    async def migrate(self) -> None:
-        """Brings the schema to the newest Alembic revision."""
+    async def migrate(self, revision: str = "head") -> None:
+        """Brings the schema to the newest Alembic revision (or `revision`).
+        On PostgreSQL, replicas starting together take turns (an advisory
+        lock), so each migration runs once."""
+        await self._run_migrations(command.upgrade, revision)
+
+    async def downgrade(self, revision: str) -> None:
+        """Takes the schema back to `revision` (operators and tests)."""
+        await self._run_migrations(command.downgrade, revision)
+
+    async def _run_migrations(self, action, revision: str) -> None:
         async with self._write_engine.connect() as connection:
-            await connection.run_sync(_upgrade_to_head)
-            await connection.commit()
+            if self.is_sqlite:
+                # SQLite changes a column by rebuilding its table (copy, drop,
+                # rename): with foreign keys on, dropping `jobs` fails while
+                # events refer to it. They are switched off for the migration
+                # (outside any transaction, where SQLite allows it) and
+                # checked afterwards, as SQLite's documentation prescribes.
+                raw = await connection.get_raw_connection()
+                await raw.driver_connection.execute("PRAGMA foreign_keys=OFF")
+            else:
+                await connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+                )
+            try:
+                await connection.run_sync(_migrate_to, action, revision)
+                if self.is_sqlite:
+                    broken = (await connection.exec_driver_sql("PRAGMA foreign_key_check")).all()
+                    if broken:
+                        raise RuntimeError(f"the migration broke foreign keys: {broken[:5]}")
+                await connection.commit()
+            finally:
+                if self.is_sqlite:
+                    await raw.driver_connection.execute("PRAGMA foreign_keys=ON")
 
     async def dispose(self) -> None:
-        """Closes every pooled connection."""
+        """Closes every pooled connection (and releases the replica lock)."""
+        self._release_single_replica_lock()
         await self._write_engine.dispose()
         if self._read_engine is not self._write_engine:
             await self._read_engine.dispose()
@@ -119,7 +198,7 @@ def alembic_config() -> Config:
     return config
 
 
-def _upgrade_to_head(connection) -> None:
+def _migrate_to(connection, action, revision: str) -> None:
     config = alembic_config()
     config.attributes["connection"] = connection
-    command.upgrade(config, "head")
+    action(config, revision)

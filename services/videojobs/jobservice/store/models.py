@@ -68,7 +68,9 @@ class JobRow(Base):
     tenant: Mapped[str] = mapped_column(String(64), server_default="default")
     request_id: Mapped[str | None] = mapped_column(String(128))
     request_fingerprint: Mapped[str | None] = mapped_column(String(64))
-    pipeline: Mapped[str] = mapped_column(String(64))
+    # The job's pipelines as one display name (`ocr+scenes`); the set itself
+    # is in job_pipelines (0008), which dispatch and ListJobs match on.
+    pipeline: Mapped[str] = mapped_column(Text)
     parameters: Mapped[dict[str, Any]] = mapped_column(JSON)
     state: Mapped[str] = mapped_column(String(16))
     attempt: Mapped[int] = mapped_column(Integer)
@@ -93,6 +95,10 @@ class JobRow(Base):
     error_metadata: Mapped[dict[str, str] | None] = mapped_column(JSON)
     worker_id: Mapped[str | None] = mapped_column(String(128))
     lease_token: Mapped[str | None] = mapped_column(String(64))
+    # The dispatch session (on whichever replica) holding the lease (0008): a
+    # session that ends requeues only what it still holds, never a lease its
+    # worker already took to a newer session elsewhere.
+    lease_session: Mapped[str | None] = mapped_column(String(32))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     last_sequence: Mapped[int] = mapped_column(Integer, default=0)
     # Dispatch order: accepted-at (epoch seconds) minus the priority head start.
@@ -116,7 +122,7 @@ class JobRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
     __table_args__ = (
-        Index("ix_jobs_state_pipeline_dispatch_rank", "state", "pipeline", "dispatch_rank"),
+        Index("ix_jobs_state_dispatch_rank", "state", "dispatch_rank", "position"),
         Index("ix_jobs_state_lease_expires_at", "state", "lease_expires_at"),
         Index("ix_jobs_state_execution_deadline_at", "state", "execution_deadline_at"),
         Index("ix_jobs_state_queue_deadline_at", "state", "queue_deadline_at"),
@@ -125,6 +131,18 @@ class JobRow(Base):
         Index("ix_jobs_tenant_position", "tenant", "position"),
         UniqueConstraint("tenant", "request_id", name="uq_jobs_tenant_request_id"),
     )
+
+
+class JobPipelineRow(Base):
+    """One pipeline of a job's set (0008): a job goes to a worker that runs
+    every pipeline of its set, and ListJobs `pipeline` matches any of them."""
+
+    __tablename__ = "job_pipelines"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.job_id"), primary_key=True)
+    pipeline: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+    __table_args__ = (Index("ix_job_pipelines_pipeline_job_id", "pipeline", "job_id"),)
 
 
 class AttemptRow(Base):

@@ -8,12 +8,12 @@ event that reports it are always written together.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import datetime
 
-from sqlalchemy import Text, cast, delete, func, select, type_coerce, update
+from sqlalchemy import Text, and_, cast, delete, func, select, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from videojobs.jobservice import event_payloads
 from videojobs.jobservice.domain import (
     Artifact,
     Attempt,
@@ -23,13 +23,15 @@ from videojobs.jobservice.domain import (
     JobError,
     JobEvent,
     JobState,
-    check_transition,
     utc_now,
 )
+from videojobs.jobservice.event_payloads import EventPayload
+from videojobs.jobservice.notices import EventsAppended, EventsCommitted, Notice, merge
 from videojobs.jobservice.store.models import (
     ArtifactRow,
     AttemptRow,
     EventRow,
+    JobPipelineRow,
     JobRow,
     StagedUploadRow,
     UtcDateTime,
@@ -40,9 +42,28 @@ from videojobs.storage import StorageKey
 class JobRepository:
     """Jobs, artifacts and events, over one AsyncSession."""
 
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncSession, *, skip_locked: bool = False) -> None:
         self.session = session
-        self.jobs_with_new_events: set[str] = set()
+        # PostgreSQL: rows another replica is working on are skipped, not waited
+        # for (SQLite serialises writers anyway).
+        self._skip_locked = skip_locked
+        self._notices: list[Notice] = []
+        self._jobs_with_new_events: set[str] = set()
+        self._new_events: list[JobEvent] = []
+
+    # -- notices -------------------------------------------------------------
+
+    def notify(self, notice: Notice) -> None:
+        """Sends `notice` to every replica once this unit of work commits."""
+        self._notices.append(notice)
+
+    def pending_notices(self) -> list[Notice]:
+        """What this unit of work will announce when it commits."""
+        notices = list(self._notices)
+        if self._jobs_with_new_events:
+            notices.append(EventsAppended(frozenset(self._jobs_with_new_events)))
+            notices.append(EventsCommitted(tuple(self._new_events)))
+        return merge(notices)
 
     # -- reading -------------------------------------------------------------
 
@@ -108,15 +129,24 @@ class JobRepository:
         if states:
             statement = statement.where(JobRow.state.in_([s.value for s in states]))
         if pipeline:
-            statement = statement.where(JobRow.pipeline == pipeline)
+            statement = statement.where(_includes_pipeline(pipeline))
         if before_position is not None:
             statement = statement.where(JobRow.position < before_position)
         rows = (await self.session.execute(statement)).scalars().all()
         ids = [r.job_id for r in rows]
         artifacts = await self._artifacts_for(ids)
         attempts = await self._attempts_for(ids)
+        pipelines = await self._pipelines_for(ids)
         return [
-            (r.position, _to_job(r, artifacts.get(r.job_id, ()), attempts.get(r.job_id, ())))
+            (
+                r.position,
+                _to_job(
+                    r,
+                    artifacts.get(r.job_id, ()),
+                    attempts.get(r.job_id, ()),
+                    pipelines.get(r.job_id, ()),
+                ),
+            )
             for r in rows
         ]
 
@@ -176,7 +206,7 @@ class JobRepository:
 
     async def delete_job(self, job_id: str) -> None:
         """Deletes a job's rows: events, attempts, artifacts and the job."""
-        for table in (EventRow, AttemptRow, ArtifactRow):
+        for table in (EventRow, AttemptRow, ArtifactRow, JobPipelineRow):
             await self.session.execute(delete(table).where(table.job_id == job_id))
         await self.session.execute(delete(JobRow).where(JobRow.job_id == job_id))
 
@@ -193,10 +223,60 @@ class JobRepository:
         tokens = list(lease_tokens)
         if not tokens:
             return []
-        statement = select(JobRow).where(
-            JobRow.state == JobState.RUNNING.value, JobRow.lease_token.in_(tokens)
+        statement = (
+            select(JobRow)
+            .where(JobRow.state == JobState.RUNNING.value, JobRow.lease_token.in_(tokens))
+            .with_for_update()
         )
         return list((await self.session.execute(statement)).scalars().all())
+
+    async def running_for_worker(self, worker_id: str) -> list[JobRow]:
+        """Running jobs leased to `worker_id` (by any session, on any replica), locked."""
+        statement = (
+            select(JobRow)
+            .where(JobRow.state == JobState.RUNNING.value, JobRow.worker_id == worker_id)
+            .with_for_update()
+        )
+        return list((await self.session.execute(statement)).scalars().all())
+
+    async def running_in_session(self, session_id: str) -> list[JobRow]:
+        """Running jobs whose lease the dispatch session `session_id` holds, locked."""
+        statement = (
+            select(JobRow)
+            .where(JobRow.state == JobState.RUNNING.value, JobRow.lease_session == session_id)
+            .with_for_update()
+        )
+        return list((await self.session.execute(statement)).scalars().all())
+
+    async def next_claimable(self, pipelines: Iterable[str], now: datetime) -> JobRow | None:
+        """The first queued job (smallest dispatch rank, not backing off) whose
+        every pipeline is one of `pipelines`, locked for this transaction.
+
+        On PostgreSQL rows another replica has locked are skipped, so replicas
+        claiming at once take different jobs; the caller's transition re-checks
+        the state in the same transaction."""
+        names = sorted(set(pipelines))
+        foreign = (
+            select(JobPipelineRow.job_id)
+            .where(JobPipelineRow.job_id == JobRow.job_id, JobPipelineRow.pipeline.not_in(names))
+            .exists()
+        )
+        statement = (
+            select(JobRow)
+            .where(
+                JobRow.state == JobState.QUEUED.value,
+                (JobRow.available_at.is_(None)) | (JobRow.available_at <= now),
+                ~foreign,
+                # A job always has its set; one without rows is never claimed blind.
+                select(JobPipelineRow.job_id)
+                .where(JobPipelineRow.job_id == JobRow.job_id)
+                .exists(),
+            )
+            .order_by(JobRow.dispatch_rank, JobRow.position)
+            .limit(1)
+            .with_for_update(skip_locked=self._skip_locked)
+        )
+        return (await self.session.execute(statement)).scalar_one_or_none()
 
     async def expired_leases(self, now: datetime, limit: int = 100) -> list[JobRow]:
         """Running jobs whose lease ran out."""
@@ -211,22 +291,38 @@ class JobRepository:
         return await self._due(JobState.QUEUED, JobRow.queue_deadline_at, now, limit)
 
     async def _due(self, state: JobState, column, now: datetime, limit: int) -> list[JobRow]:
+        # Locked for the reaper's transaction; on PostgreSQL rows another
+        # replica's reaper holds are skipped, so each expiry is handled once.
         statement = (
             select(JobRow)
             .where(JobRow.state == state.value, column <= now)
             .order_by(column)
             .limit(limit)
+            .with_for_update(skip_locked=self._skip_locked)
         )
         return list((await self.session.execute(statement)).scalars().all())
 
     async def next_deadline(self) -> datetime | None:
-        """The earliest lease expiry, execution deadline or queue deadline."""
-        candidates = [
-            await self._earliest(JobState.RUNNING, JobRow.lease_expires_at),
-            await self._earliest(JobState.RUNNING, JobRow.execution_deadline_at),
-            await self._earliest(JobState.QUEUED, JobRow.queue_deadline_at),
-        ]
-        present = [c for c in candidates if c is not None]
+        """The earliest lease expiry, execution deadline or queue deadline (one
+        round trip; each minimum is read from its (state, column) index)."""
+
+        def earliest(state: JobState, column):
+            return (
+                select(type_coerce(func.min(column), UtcDateTime))
+                .where(JobRow.state == state.value)
+                .scalar_subquery()
+            )
+
+        row = (
+            await self.session.execute(
+                select(
+                    earliest(JobState.RUNNING, JobRow.lease_expires_at),
+                    earliest(JobState.RUNNING, JobRow.execution_deadline_at),
+                    earliest(JobState.QUEUED, JobRow.queue_deadline_at),
+                )
+            )
+        ).one()
+        present = [value for value in row if value is not None]
         return min(present) if present else None
 
     async def next_available_at(self, now: datetime) -> datetime | None:
@@ -260,65 +356,22 @@ class JobRepository:
         """Sends staged changes (raises IntegrityError on a unique-key clash)."""
         await self.session.flush()
 
-    async def claim_next_queued(
-        self, pipelines: Iterable[str], worker_id: str, lease_token: str, lease_expires_at: datetime
-    ) -> JobRow | None:
-        """Atomically moves the first eligible queued job of one of `pipelines`
-        (smallest dispatch rank, not backing off) to RUNNING, and opens its
-        attempt record.
-
-        Compare-and-set on the state: two job-service replicas racing for one
-        job both try, exactly one update matches, the loser tries the next job.
-        """
-        names = list(pipelines)
-        for _ in range(8):
-            now = utc_now()
-            candidate = (
-                await self.session.execute(
-                    select(JobRow.job_id, JobRow.execution_timeout_seconds)
-                    .where(
-                        JobRow.state == JobState.QUEUED.value,
-                        JobRow.pipeline.in_(names),
-                        (JobRow.available_at.is_(None)) | (JobRow.available_at <= now),
-                    )
-                    .order_by(JobRow.dispatch_rank, JobRow.position)
-                    .limit(1)
-                )
-            ).one_or_none()
-            if candidate is None:
-                return None
-            job_id, timeout_seconds = candidate
-            result = await self.session.execute(
-                update(JobRow)
-                .where(JobRow.job_id == job_id, JobRow.state == JobState.QUEUED.value)
-                .values(
-                    state=JobState.RUNNING.value,
-                    worker_id=worker_id,
-                    lease_token=lease_token,
-                    lease_expires_at=lease_expires_at,
-                    execution_deadline_at=now + timedelta(seconds=timeout_seconds),
-                    available_at=None,
-                    started_at=now,
-                    updated_at=now,
-                    progress_fraction=0.0,
-                    progress_stage="assigned",
-                )
-                .execution_options(synchronize_session=False)
+    def open_attempt(self, row: JobRow, worker_id: str, at: datetime) -> None:
+        """Records the start of the row's current attempt."""
+        self.session.add(
+            AttemptRow(
+                job_id=row.job_id,
+                number=row.attempt,
+                worker_id=worker_id,
+                started_at=at,
+                outcome=AttemptOutcome.RUNNING.value,
             )
-            if result.rowcount == 1:
-                row = await self.get_row(job_id)
-                await self.session.refresh(row)
-                self.session.add(
-                    AttemptRow(
-                        job_id=job_id,
-                        number=row.attempt,
-                        worker_id=worker_id,
-                        started_at=now,
-                        outcome=AttemptOutcome.RUNNING.value,
-                    )
-                )
-                return row
-        return None
+        )
+
+    def set_pipelines(self, row: JobRow, pipelines: Sequence[str]) -> None:
+        """Stores the set of pipelines the job runs (one row each)."""
+        for name in sorted(set(pipelines)):
+            self.session.add(JobPipelineRow(job_id=row.job_id, pipeline=name))
 
     async def close_attempt(
         self, row: JobRow, outcome: AttemptOutcome, error: JobError | None = None
@@ -347,48 +400,43 @@ class JobRepository:
         )
         return result.rowcount
 
-    def change_state(self, row: JobRow, target: JobState, *, reason: str) -> None:
-        """Moves `row` to `target` (checked against the state machine) and records
-        the state_changed event. Terminal targets use `finish` instead."""
-        current = JobState(row.state)
-        check_transition(current, target)
-        row.state = target.value
-        row.updated_at = utc_now()
-        self.append_event(
-            row,
-            EventKind.STATE_CHANGED,
-            {"from_state": current.value, "to_state": target.value, "reason": reason},
-        )
-
-    def finish(
-        self, row: JobRow, target: JobState, kind: EventKind, payload: dict[str, Any]
+    def record(
+        self,
+        row: JobRow,
+        payload: EventPayload,
+        *,
+        at: datetime | None = None,
+        job_state: JobState | None = None,
     ) -> None:
-        """Moves `row` to a terminal state and records the terminal event."""
-        current = JobState(row.state)
-        check_transition(current, target)
-        now = utc_now()
-        row.state = target.value
-        row.ended_at = now
-        row.updated_at = now
-        row.lease_token = None
-        row.lease_expires_at = None
-        self.append_event(row, kind, payload)
-
-    def append_event(self, row: JobRow, kind: EventKind, payload: dict[str, Any]) -> None:
-        """Adds the next event of `row`'s job (sequence = last + 1)."""
+        """Adds the next event of `row`'s job (sequence = last + 1), written at
+        `at` (now) in `job_state` (the row's state); announced on commit."""
         row.last_sequence = (row.last_sequence or 0) + 1
+        created_at = at or utc_now()
+        state = job_state if job_state is not None else JobState(row.state)
         self.session.add(
             EventRow(
                 job_id=row.job_id,
                 sequence=row.last_sequence,
-                created_at=utc_now(),
-                kind=kind.value,
-                job_state=row.state,
+                created_at=created_at,
+                kind=payload.kind.value,
+                job_state=state.value,
+                attempt=row.attempt,
+                payload=event_payloads.encode(payload),
+            )
+        )
+        self._jobs_with_new_events.add(row.job_id)
+        # The same event as a read would return it, for followers in this process.
+        self._new_events.append(
+            JobEvent(
+                job_id=row.job_id,
+                sequence=row.last_sequence,
+                create_time=created_at,
+                kind=payload.kind,
+                job_state=state,
                 attempt=row.attempt,
                 payload=payload,
             )
         )
-        self.jobs_with_new_events.add(row.job_id)
 
     def set_artifacts(self, row: JobRow, artifacts: Sequence[Artifact]) -> None:
         """Records the files of the successful attempt."""
@@ -414,7 +462,26 @@ class JobRepository:
         """The domain Job of `row`, with its artifacts and attempts."""
         artifacts = await self._artifacts_for([row.job_id])
         attempts = await self._attempts_for([row.job_id])
-        return _to_job(row, artifacts.get(row.job_id, ()), attempts.get(row.job_id, ()))
+        pipelines = await self._pipelines_for([row.job_id])
+        return _to_job(
+            row,
+            artifacts.get(row.job_id, ()),
+            attempts.get(row.job_id, ()),
+            pipelines.get(row.job_id, ()),
+        )
+
+    async def _pipelines_for(self, job_ids: list[str]) -> dict[str, tuple[str, ...]]:
+        if not job_ids:
+            return {}
+        statement = (
+            select(JobPipelineRow.job_id, JobPipelineRow.pipeline)
+            .where(JobPipelineRow.job_id.in_(job_ids))
+            .order_by(JobPipelineRow.job_id, JobPipelineRow.pipeline)
+        )
+        found: dict[str, list[str]] = {}
+        for job_id, name in (await self.session.execute(statement)).all():
+            found.setdefault(job_id, []).append(name)
+        return {job_id: tuple(names) for job_id, names in found.items()}
 
     async def _attempts_for(self, job_ids: list[str]) -> dict[str, tuple[Attempt, ...]]:
         if not job_ids:
@@ -466,8 +533,23 @@ class JobRepository:
         return {job_id: tuple(items) for job_id, items in found.items()}
 
 
+def _includes_pipeline(pipeline: str):
+    """Jobs whose set of pipelines includes `pipeline` (`a+b`: both)."""
+    return and_(
+        *(
+            select(JobPipelineRow.job_id)
+            .where(JobPipelineRow.job_id == JobRow.job_id, JobPipelineRow.pipeline == name)
+            .exists()
+            for name in sorted(set(filter(None, pipeline.split("+"))))
+        )
+    )
+
+
 def _to_job(
-    row: JobRow, artifacts: tuple[Artifact, ...], attempts: tuple[Attempt, ...] = ()
+    row: JobRow,
+    artifacts: tuple[Artifact, ...],
+    attempts: tuple[Attempt, ...] = (),
+    pipelines: tuple[str, ...] = (),
 ) -> Job:
     # Keys read back from the database go through StorageKey again: a row
     # written by an older (or buggy) version cannot smuggle a host path out.
@@ -512,6 +594,7 @@ def _to_job(
         input_format=row.input_format or "",
         input_removed_at=row.input_removed_at,
         tenant=row.tenant,
+        pipelines=pipelines or tuple(row.pipeline.split("+")),
     )
 
 
@@ -523,5 +606,5 @@ def _to_event(row: EventRow) -> JobEvent:
         kind=EventKind(row.kind),
         job_state=JobState(row.job_state),
         attempt=row.attempt,
-        payload=dict(row.payload or {}),
+        payload=event_payloads.decode(EventKind(row.kind), row.payload),
     )

@@ -1,0 +1,487 @@
+"""DispatchCoordinator: the application service behind DispatchService.Connect.
+
+It opens and closes worker sessions, turns workers' reports into lifecycle
+transitions (after checking each claim: the lease is current, keys lie under
+the attempt's prefix, outputs exist, limits hold), and reacts to notices from
+every replica: work to hand out, leases to stop, sessions replaced.
+
+Fencing: every report quotes the lease token; a report whose token is not the
+job's current lease is refused, and the worker is told to stop that job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from videojobs.common import errors
+from videojobs.common.auth import LOCAL_PRINCIPAL, Principal
+from videojobs.common.failures import RepeatedFailureLog
+from videojobs.jobservice import lifecycle
+from videojobs.jobservice.dispatch.dispatcher import Dispatcher
+from videojobs.jobservice.dispatch.outputs import AttemptOutputs
+from videojobs.jobservice.dispatch.reaper import DeadlineReaper
+from videojobs.jobservice.dispatch.sessions import (
+    SessionTable,
+    StopOrder,
+    WorkerHello,
+    WorkerSession,
+    check_worker_identity,
+    validate_hello,
+)
+from videojobs.jobservice.domain import (
+    Artifact,
+    JobError,
+    JobState,
+    attempt_prefix_for,
+    utc_now,
+)
+from videojobs.jobservice.limits import PROGRESS_EVENT_MIN_INTERVAL_SECONDS, ReportLimits
+from videojobs.jobservice.notices import (
+    JobsQueued,
+    LeaseGranted,
+    Notice,
+    Resync,
+    StopLease,
+    StopReason,
+    WorkerConnected,
+)
+from videojobs.jobservice.reports import (
+    ReportPolicy,
+    clean_failure,
+    clean_stage,
+    clean_warnings,
+    completion_problem,
+    json_depth,
+)
+from videojobs.jobservice.store import Database, JobRepository
+from videojobs.jobservice.store.models import JobRow
+from videojobs.storage import BlobStore, StorageKey
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DispatchSettings:
+    """Lease timings, the retry policy and the safety-net sweep; the one
+    source of these defaults (settings and flags read them from here).
+
+    A lease lives `lease_duration` seconds past the last heartbeat; workers
+    heartbeat every `heartbeat_interval` (they are told so in Welcome).
+    `resync_interval`: how often dispatcher, reaper and followers re-read
+    the database even without a notice (notices make this a safety net).
+    """
+
+    heartbeat_interval: float = 2.0
+    lease_duration: float = 10.0
+    resync_interval: float = 10.0
+    retry_policy: lifecycle.RetryPolicy = lifecycle.RetryPolicy()
+
+
+class DispatchCoordinator:
+    """Worker sessions of this replica, their reports, and the background loops."""
+
+    def __init__(
+        self,
+        database: Database,
+        settings: DispatchSettings,
+        blob_store: BlobStore | None = None,
+        report_limits: ReportLimits | None = None,
+    ) -> None:
+        self._database = database
+        self.settings = settings
+        self._policy = settings.retry_policy
+        self._outputs = AttemptOutputs(blob_store)
+        self._reports = ReportPolicy(report_limits or ReportLimits())
+        self._sessions = SessionTable()
+        self.dispatcher = Dispatcher(
+            database,
+            self._sessions,
+            lease_duration=settings.lease_duration,
+            resync_interval=settings.resync_interval,
+            policy=self._policy,
+        )
+        self.reaper = DeadlineReaper(
+            database, policy=self._policy, resync_interval=settings.resync_interval
+        )
+        self._tasks: list[asyncio.Task] = []
+        self._background: set[asyncio.Task] = set()
+        self._requeue_failures = RepeatedFailureLog(log, "requeue of a disconnected worker's jobs")
+        database.notifier.subscribe(self.on_notice)
+
+    # -- life cycle ----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Starts the dispatcher and the deadline reaper."""
+        self._tasks = [
+            asyncio.create_task(self.dispatcher.run(), name="dispatcher"),
+            asyncio.create_task(self.reaper.run(), name="deadline-reaper"),
+        ]
+
+    async def stop(self) -> None:
+        """Stops the background tasks. Leases stay in the database: workers that
+        reconnect to any replica adopt them, the others expire."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    def on_notice(self, notice: Notice) -> None:
+        """A notice from this or another replica (after its commit)."""
+        match notice:
+            case JobsQueued() | Resync():
+                self.dispatcher.wake()
+                self.reaper.wake()
+            case LeaseGranted():
+                self.reaper.wake()  # a new lease expiry and execution deadline
+            case StopLease(job_id, lease_token, reason):
+                if self._sessions.stop(job_id, lease_token, reason):
+                    self.dispatcher.wake()
+            case WorkerConnected(worker_id, session_id):
+                self._sessions.replace_older(worker_id, session_id)
+
+    @property
+    def max_partial_result_bytes(self) -> int:
+        """Largest partial result that may be recorded (bigger ones are refused by size)."""
+        return self._reports.limits.max_partial_result_bytes
+
+    @property
+    def sessions(self) -> list[WorkerSession]:
+        """Live worker sessions of this replica."""
+        return list(self._sessions)
+
+    # -- sessions ------------------------------------------------------------
+
+    async def open_session(
+        self, hello: WorkerHello, principal: Principal = LOCAL_PRINCIPAL
+    ) -> WorkerSession:
+        """Registers a worker; it keeps the leases it announces that are current.
+
+        The worker id must be the principal's own (its name, or the name, a
+        colon and a suffix) unless the principal is an administrator. Any
+        other session of the same worker id, on any replica, ends (ABORTED,
+        SESSION_REPLACED). Running jobs of this worker id that the hello does
+        not announce go back to the queue (the worker does not run them)."""
+        validate_hello(hello)
+        check_worker_identity(hello.worker_id, principal)
+        session = WorkerSession(hello=hello, draining=hello.draining)
+        expiry = utc_now() + timedelta(seconds=self.settings.lease_duration)
+        async with self._database.transaction() as repository:
+            announced = {token for token in hello.held_leases.values()}
+            rows = {row.job_id: row for row in await repository.running_on_tokens(announced)}
+            for row in await repository.running_for_worker(hello.worker_id):
+                rows.setdefault(row.job_id, row)
+            for row in rows.values():
+                if hello.held_leases.get(row.job_id) == row.lease_token:
+                    lifecycle.adopt(
+                        row,
+                        worker_id=hello.worker_id,
+                        session_id=session.session_id,
+                        lease_expires_at=expiry,
+                    )
+                    session.leases[row.job_id] = row.lease_token
+                elif row.worker_id == hello.worker_id:
+                    await lifecycle.lose_attempt(
+                        repository,
+                        row,
+                        f"worker {hello.worker_id} reconnected without it",
+                        policy=self._policy,
+                    )
+            repository.notify(WorkerConnected(hello.worker_id, session.session_id))
+        self._sessions.add(session)
+        for job_id, token in hello.held_leases.items():
+            if job_id not in session.leases:
+                session.outbox.put_nowait(StopOrder(job_id, token, StopReason.LEASE_LOST))
+        log.info(
+            "worker %s connected (session %s, pipelines %s, capacity %d, adopted %d)",
+            hello.worker_id,
+            session.session_id,
+            ",".join(sorted(hello.pipelines)),
+            hello.max_concurrent_jobs,
+            len(session.leases),
+        )
+        self.dispatcher.wake()
+        return session
+
+    async def close_session(self, session: WorkerSession, *, requeue: bool) -> None:
+        """Forgets a session. With `requeue` (its stream broke while this server
+        runs), the jobs it still holds go back to QUEUED with attempt + 1 at
+        once (not those its worker took to a newer session); if that cannot be
+        written now (a full database), their leases expire instead."""
+        self._sessions.remove(session)
+        session.cancel_timers()
+        if requeue:
+            try:
+                async with self._database.transaction() as repository:
+                    for row in await repository.running_in_session(session.session_id):
+                        await lifecycle.lose_attempt(
+                            repository,
+                            row,
+                            f"worker {session.worker_id} disconnected",
+                            policy=self._policy,
+                        )
+            except Exception as exc:  # noqa: BLE001 - the lease reaper requeues them later
+                self._requeue_failures.failed(exc)
+        log.info("worker %s disconnected (session %s)", session.worker_id, session.session_id)
+        self.dispatcher.wake()
+
+    # -- reports from workers ------------------------------------------------
+
+    async def heartbeat(
+        self, session: WorkerSession, running: dict[str, str], draining: bool = False
+    ) -> None:
+        """Renews the session's leases and reconciles what the worker runs."""
+        if draining and not session.draining:
+            log.info("worker %s is draining", session.worker_id)
+        session.draining = draining
+        for job_id in [j for j in session.stopping if j not in running]:
+            # No longer running on the worker: the slot is free again.
+            del session.stopping[job_id]
+            self.dispatcher.wake()
+        for job_id, token in running.items():
+            if session.leases.get(job_id) != token and session.stopping.get(job_id) != token:
+                # The worker runs something that is not (or no longer) its
+                # lease, and nobody told it to stop yet.
+                session.outbox.put_nowait(StopOrder(job_id, token, StopReason.LEASE_LOST))
+        expiry = utc_now() + timedelta(seconds=self.settings.lease_duration)
+        async with self._database.transaction() as repository:
+            await repository.renew_leases(session.leases.values(), expiry)
+
+    async def report_progress(
+        self, session: WorkerSession, job_id: str, token: str, fraction: float, stage: str
+    ) -> None:
+        """Records progress (never backwards) and its event, at most one event
+        per PROGRESS_EVENT_MIN_INTERVAL_SECONDS per job, so a worker cannot
+        fill the event log with progress. Reports that come sooner are
+        coalesced: the latest is recorded when the interval is over."""
+        stage = clean_stage(stage)
+        wait = PROGRESS_EVENT_MIN_INTERVAL_SECONDS - (
+            time.monotonic() - session.last_progress_at.get(job_id, -math.inf)
+        )
+        if wait > 0 and fraction < 1.0:
+            session.pending_progress[job_id] = (token, fraction, stage)
+            if job_id not in session.progress_flushes:
+                session.progress_flushes[job_id] = asyncio.get_running_loop().call_later(
+                    wait, self._flush_progress, session, job_id
+                )
+            return
+        session.pending_progress.pop(job_id, None)
+        await self._record_progress(session, job_id, token, fraction, stage)
+
+    def _flush_progress(self, session: WorkerSession, job_id: str) -> None:
+        """Records the progress held back by the interval, if its lease still stands."""
+        session.progress_flushes.pop(job_id, None)
+        pending = session.pending_progress.pop(job_id, None)
+        if pending is None or session.closed or session.leases.get(job_id) != pending[0]:
+            return
+        task = asyncio.create_task(self._record_progress(session, job_id, *pending, quiet=True))
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._requeue_failures.failed(task.exception())
+
+    async def _record_progress(
+        self,
+        session: WorkerSession,
+        job_id: str,
+        token: str,
+        fraction: float,
+        stage: str,
+        *,
+        quiet: bool = False,
+    ) -> None:
+        refused = None
+        async with self._database.transaction() as repository:
+            row = await self._current_lease(repository, session, job_id, token, quiet=quiet)
+            if row is None:
+                return
+            if row.last_sequence >= self._reports.limits.max_events_per_job:
+                refused = self._reports.too_many_events()
+                await lifecycle.fail_attempt(
+                    repository, row, refused, retryable=False, policy=self._policy
+                )
+            else:
+                lifecycle.record_progress(repository, row, fraction, stage)
+        if refused is not None:
+            self._refused(session, job_id, token, refused)
+        else:
+            session.last_progress_at[job_id] = time.monotonic()
+
+    async def report_partial_result(
+        self,
+        session: WorkerSession,
+        job_id: str,
+        token: str,
+        pipeline: str,
+        data: dict[str, Any],
+        size_bytes: int,
+    ) -> None:
+        """Records a partial result event, unless it breaks a limit (size, rate,
+        bytes or events per job): then the attempt fails and the worker is
+        told to stop."""
+        bucket = session.partial_buckets.setdefault(job_id, self._reports.new_bucket())
+        refused = None
+        async with self._database.transaction() as repository:
+            row = await self._current_lease(repository, session, job_id, token)
+            if row is None:
+                return
+            refused = self._reports.partial_result_problem(
+                size_bytes,
+                row.partial_result_bytes or 0,
+                row.last_sequence,
+                bucket,
+                json_depth(data),
+            )
+            if refused is not None:
+                await lifecycle.fail_attempt(
+                    repository, row, refused, retryable=False, policy=self._policy
+                )
+            else:
+                lifecycle.record_partial_result(repository, row, pipeline, data, size_bytes)
+        if refused is not None:
+            self._refused(session, job_id, token, refused)
+
+    def _refused(self, session: WorkerSession, job_id: str, token: str, error: JobError) -> None:
+        """After a report broke a limit and failed its attempt: the worker stops the job."""
+        log.warning(
+            "job %s: refused a report from worker %s (%s): %s",
+            job_id,
+            session.worker_id,
+            error.reason,
+            error.message,
+        )
+        session.send_stop(job_id, token, StopReason.JOB_ENDED)
+        self.dispatcher.wake()
+
+    async def report_completion(
+        self,
+        session: WorkerSession,
+        job_id: str,
+        token: str,
+        output_key: StorageKey,
+        artifacts: list[Artifact],
+        summary: dict[str, Any],
+        warnings: list[str] | None = None,
+        *,
+        summary_bytes: int = 0,
+        report_bytes: int = 0,
+    ) -> None:
+        """RUNNING -> SUCCEEDED, recording the result of this attempt only.
+
+        The report is a claim: its keys must lie under the attempt's prefix
+        (else INVALID_ARGUMENT ends the worker's stream), and the result
+        document and every artifact must exist in storage with the reported
+        size, and the report must be within its limits (else the attempt
+        fails and the worker is told to stop)."""
+        missing = await self._outputs.missing(output_key, artifacts)
+        oversize = completion_problem(
+            len(artifacts), summary_bytes, report_bytes, json_depth(summary)
+        )
+        warnings = clean_warnings(list(warnings or []))
+        refused = None
+        async with self._database.transaction() as repository:
+            row = await self._current_lease(repository, session, job_id, token)
+            if row is None:
+                return
+            prefix = attempt_prefix_for(job_id, row.attempt, row.tenant)
+            violations = [
+                (f"completion.{name}", f"must lie under {prefix.value}/")
+                for name, key in [("output_key", output_key)]
+                + [(f"artifacts[{i}].key", a.key) for i, a in enumerate(artifacts)]
+                if not key.is_within(prefix)
+            ]
+            if violations:
+                raise errors.invalid_argument(
+                    "completion names keys outside its attempt", violations
+                )
+            refused = oversize or missing
+            if refused is not None:
+                await lifecycle.fail_attempt(
+                    repository, row, refused, retryable=oversize is None, policy=self._policy
+                )
+            else:
+                await lifecycle.complete(
+                    repository,
+                    row,
+                    output_key=output_key,
+                    artifacts=artifacts,
+                    summary=summary,
+                    warnings=warnings,
+                )
+        if refused is not None:
+            self._refused(session, job_id, token, refused)
+            return
+        session.leases.pop(job_id, None)
+        session.forget_lease(job_id)
+        log.info("job %s succeeded on worker %s", job_id, session.worker_id)
+        self.dispatcher.wake()
+        await self._outputs.remove_other_attempts(job_id, prefix)
+
+    async def report_failure(
+        self,
+        session: WorkerSession,
+        job_id: str,
+        token: str,
+        error: errors.ServiceError,
+        retryable: bool,
+    ) -> None:
+        """A retryable failure with attempts left requeues; otherwise FAILED."""
+        async with self._database.transaction() as repository:
+            row = await self._current_lease(repository, session, job_id, token)
+            if row is None:
+                return
+            await lifecycle.fail_attempt(
+                repository,
+                row,
+                clean_failure(error.code, error.message, error.reason, dict(error.metadata)),
+                retryable=retryable,
+                policy=self._policy,
+            )
+        session.leases.pop(job_id, None)
+        session.forget_lease(job_id)
+        log.info("job %s failed on worker %s: %s", job_id, session.worker_id, error.message)
+        self.dispatcher.wake()
+
+    async def report_stopped(self, session: WorkerSession, job_id: str, token: str) -> None:
+        """The worker stopped a job: its slot is free again. A job it stopped on
+        its own (draining, shutting down) while the lease is still current is
+        handed back: QUEUED at once with attempt + 1."""
+        session.leases.pop(job_id, None)
+        session.stopping.pop(job_id, None)
+        session.forget_lease(job_id)
+        async with self._database.transaction() as repository:
+            for row in await repository.running_on_tokens([token]):
+                await lifecycle.hand_back(repository, row, session.worker_id, self._policy)
+        self.dispatcher.wake()
+
+    async def _current_lease(
+        self,
+        repository: JobRepository,
+        session: WorkerSession,
+        job_id: str,
+        token: str,
+        *,
+        quiet: bool = False,
+    ) -> JobRow | None:
+        """The job's row when `token` is its current lease, else None (and,
+        unless `quiet`, the worker is told to stop the job)."""
+        row = await repository.get_row(job_id, for_update=True)
+        if row is not None and row.state == JobState.RUNNING.value and row.lease_token == token:
+            return row
+        if quiet:
+            return None
+        ended = row is not None and JobState(row.state).is_terminal
+        log.info("refused a stale report for job %s from worker %s", job_id, session.worker_id)
+        session.send_stop(job_id, token, StopReason.JOB_ENDED if ended else StopReason.LEASE_LOST)
+        return None

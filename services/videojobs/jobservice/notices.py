@@ -1,0 +1,188 @@
+"""Notices: what one job-service replica tells the others (and itself) after
+a commit.
+
+The database is the truth; a notice only says "look again": a job became
+claimable, a job got events, a lease must stop, a worker id connected. The
+lifecycle adds them to the unit of work; the notifier (`notifier.py`)
+delivers them to this process after the commit and, on PostgreSQL, to every
+other replica through `LISTEN/NOTIFY`. A lost notice costs latency, never
+correctness: every replica also re-reads on a slow periodic sweep.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+#: PostgreSQL refuses NOTIFY payloads of 8000 bytes or more; stay well below.
+MAX_MESSAGE_BYTES = 7000
+
+
+class StopReason(enum.StrEnum):
+    """Why a worker is told to stop a job (maps to the contract's StopReason)."""
+
+    CANCELLED = "cancelled"
+    # The worker's lease is not (or no longer) current: it reconnected
+    # without it, or another session holds the job.
+    LEASE_LOST = "lease_lost"
+    # Its lease ran out while its stream stayed open (a hung worker).
+    LEASE_EXPIRED = "lease_expired"
+    JOB_ENDED = "job_ended"
+    TIMED_OUT = "timed_out"
+
+
+@dataclass(frozen=True)
+class JobsQueued:
+    """One or more jobs became QUEUED (accepted, or requeued): dispatchers
+    look for work, reapers for a new queue deadline."""
+
+
+@dataclass(frozen=True)
+class LeaseGranted:
+    """A job was leased: it has a lease expiry and an execution deadline
+    now, which every replica's reaper must count (the replica that granted
+    it may be gone when they fall due)."""
+
+
+@dataclass(frozen=True)
+class EventsAppended:
+    """These jobs have new events: their followers re-read."""
+
+    job_ids: frozenset[str]
+
+
+@dataclass(frozen=True)
+class EventsCommitted:
+    """The events this replica just committed, as stored (in sequence order
+    per job). Delivered in this process only, never sent to other replicas
+    (they read the database when EventsAppended wakes them): followers here
+    take them without reading the database again."""
+
+    events: tuple[Any, ...]  # JobEvent
+
+
+@dataclass(frozen=True)
+class StopLease:
+    """Whichever session holds `lease_token` of `job_id` tells its worker to stop."""
+
+    job_id: str
+    lease_token: str
+    reason: StopReason
+
+
+@dataclass(frozen=True)
+class WorkerConnected:
+    """A dispatch stream of `worker_id` opened as `session_id`: an older
+    session of that id, on any replica, ends (never two sessions with one id)."""
+
+    worker_id: str
+    session_id: str
+
+
+@dataclass(frozen=True)
+class Resync:
+    """Notices may have been missed (the listener reconnected): re-read everything."""
+
+
+Notice = (
+    JobsQueued
+    | LeaseGranted
+    | EventsAppended
+    | EventsCommitted
+    | StopLease
+    | WorkerConnected
+    | Resync
+)
+
+
+def merge(notices: Iterable[Notice]) -> list[Notice]:
+    """`notices` without repeats: one JobsQueued, one EventsAppended of every
+    job, one EventsCommitted of every event (in order), the others in order."""
+    queued = False
+    job_ids: set[str] = set()
+    committed: list[Any] = []
+    others: list[Notice] = []
+    for notice in notices:
+        if isinstance(notice, JobsQueued):
+            queued = True
+        elif isinstance(notice, EventsAppended):
+            job_ids |= notice.job_ids
+        elif isinstance(notice, EventsCommitted):
+            committed.extend(notice.events)
+        elif notice not in others:
+            others.append(notice)
+    merged: list[Notice] = [JobsQueued()] if queued else []
+    if job_ids:
+        merged.append(EventsAppended(frozenset(job_ids)))
+    if committed:
+        merged.append(EventsCommitted(tuple(committed)))
+    return merged + others
+
+
+def _as_items(notice: Notice) -> Iterator[list]:
+    match notice:
+        case JobsQueued():
+            yield ["q"]
+        case LeaseGranted():
+            yield ["l"]
+        case EventsAppended(job_ids):
+            for job_id in sorted(job_ids):
+                yield ["e", job_id]
+        case StopLease(job_id, lease_token, reason):
+            yield ["s", job_id, lease_token, reason.value]
+        case WorkerConnected(worker_id, session_id):
+            yield ["w", worker_id, session_id]
+        case Resync():
+            yield ["r"]
+        case EventsCommitted():
+            return  # this process only
+
+
+def encode(origin: str, notices: Iterable[Notice]) -> list[str]:
+    """`notices` as JSON messages of at most MAX_MESSAGE_BYTES each, every one
+    naming the replica (`origin`) that sent it."""
+    messages: list[str] = []
+    items: list[list] = []
+    size = 0
+    for notice in merge(notices):
+        for item in _as_items(notice):
+            item_size = len(json.dumps(item)) + 2  # with the ", " between items
+            if items and size + item_size > MAX_MESSAGE_BYTES - 64:
+                messages.append(json.dumps({"o": origin, "n": items}))
+                items, size = [], 0
+            items.append(item)
+            size += item_size
+    if items:
+        messages.append(json.dumps({"o": origin, "n": items}))
+    return messages
+
+
+def decode(message: str) -> tuple[str, list[Notice]]:
+    """The origin and the notices of one message; malformed items are skipped
+    (a message from a newer version may hold kinds this one does not know)."""
+    data = json.loads(message)
+    notices: list[Notice] = []
+    job_ids: set[str] = set()
+    for item in data.get("n", []):
+        try:
+            match item:
+                case ["q"]:
+                    notices.append(JobsQueued())
+                case ["l"]:
+                    notices.append(LeaseGranted())
+                case ["e", str(job_id)]:
+                    job_ids.add(job_id)
+                case ["s", str(job_id), str(token), str(reason)]:
+                    notices.append(StopLease(job_id, token, StopReason(reason)))
+                case ["w", str(worker_id), str(session_id)]:
+                    notices.append(WorkerConnected(worker_id, session_id))
+                case ["r"]:
+                    notices.append(Resync())
+        except ValueError:
+            continue
+    if job_ids:
+        notices.append(EventsAppended(frozenset(job_ids)))
+    return str(data.get("o", "")), notices
