@@ -46,8 +46,13 @@ async def test_several_pipelines_in_one_job(job_service, sample_mp4):
         ({"pipeline": "probe", "pipelines": ["ocr"]}, "header.pipelines"),
         ({"pipeline": "", "pipelines": ["ocr", "teleport"]}, "header.pipelines"),
         (
-            {"pipeline": "", "pipelines": ["ocr", "scenes"], "parameters": {"threshold": 0.5}},
-            "header.parameters.threshold",
+            # max_side is a parameter of both: which one is meant?
+            {"pipeline": "", "pipelines": ["detect", "ocr"], "parameters": {"max_side": 512}},
+            "header.parameters.max_side",
+        ),
+        (
+            {"pipeline": "", "pipelines": ["ocr", "scenes"], "parameters": {"nope": 0.5}},
+            "header.parameters.nope",
         ),
         (
             {"pipeline": "", "pipelines": ["detect"], "parameters": {"classes": "cars"}},

@@ -34,6 +34,20 @@ def events(count: int, *, terminal: str | None = None) -> list[job_pb2.JobEvent]
                 job_id=JOB_ID, sequence=count + 1, completed=job_pb2.JobCompleted(output_key="o")
             )
         )
+    elif terminal == "failed":
+        made.append(
+            job_pb2.JobEvent(
+                job_id=JOB_ID,
+                sequence=count + 1,
+                failed=job_pb2.JobFailed(error=status_pb2.Status(code=2, message="boom")),
+            )
+        )
+    elif terminal == "cancelled":
+        made.append(
+            job_pb2.JobEvent(
+                job_id=JOB_ID, sequence=count + 1, cancelled=job_pb2.JobCancelled(reason="stop")
+            )
+        )
     return made
 
 
@@ -70,11 +84,6 @@ class FakeJobClient:
         on_progress(10, 10)
         return self._answer("submit", path, **kwargs)
 
-    def wait(self, job_id: str, *, on_event=None) -> job_pb2.Job:
-        for event in self.script.get("follow", []):
-            on_event(event)
-        return self._answer("wait", job_id)
-
     def get_status(self, job_id: str) -> job_pb2.Job:
         return self._answer("get_status", job_id)
 
@@ -87,10 +96,23 @@ class FakeJobClient:
     def iter_jobs(self, **kwargs) -> Iterator[job_pb2.Job]:
         return iter(self._answer("iter_jobs", **kwargs))
 
-    def follow(self, job_id: str, *, after_sequence: int = 0) -> Iterator[job_pb2.JobEvent]:
-        self.calls.append(("follow", (job_id,), {"after_sequence": after_sequence}))
+    def follow(
+        self,
+        job_id: str,
+        *,
+        after_sequence: int = 0,
+        reconnect_timeout: float = 60.0,
+        on_reconnect=None,
+    ) -> Iterator[job_pb2.JobEvent]:
+        self.calls.append(
+            ("follow", (job_id,), {"after_sequence": after_sequence, "timeout": reconnect_timeout})
+        )
         try:
+            for reason in self.script.get("reconnects", []):
+                on_reconnect(reason, 0.5)
             for event in self.script["follow"]:
+                if isinstance(event, BaseException):
+                    raise event
                 if event.sequence > after_sequence:
                     yield event
         finally:
@@ -148,7 +170,7 @@ def test_submit_json_prints_the_proto_json_mapping(fake, video, capsys) -> None:
     [
         (job_pb2.JOB_STATE_SUCCEEDED, 0),
         (job_pb2.JOB_STATE_FAILED, 1),
-        (job_pb2.JOB_STATE_CANCELLED, 1),
+        (job_pb2.JOB_STATE_CANCELLED, 3),
     ],
 )
 def test_submit_wait_exit_code_follows_the_outcome(
@@ -157,7 +179,7 @@ def test_submit_wait_exit_code_follows_the_outcome(
     fake.script = {
         "submit": job(),
         "follow": events(3, terminal="completed"),
-        "wait": job(final_state, last_event_sequence=4),
+        "get_status": job(final_state, last_event_sequence=4),
     }
     code, out, err = run(["submit", str(video), "--wait"], capsys)
     assert code == exit_code
@@ -245,6 +267,60 @@ def test_results_follow_prints_to_the_terminal_event(fake, capsys) -> None:
     assert code == 0
     assert out.splitlines()[-1].split()[2] == "completed"
     assert [name for name, *_ in fake.instances[0].calls] == ["follow"]
+
+
+@pytest.mark.parametrize(
+    ("terminal", "exit_code"), [("completed", 0), ("failed", 1), ("cancelled", 3)]
+)
+def test_results_follow_exit_code_says_how_the_job_ended(
+    fake, capsys, terminal: str, exit_code: int
+) -> None:
+    fake.script = {"follow": events(2, terminal=terminal)}
+    code, out, _ = run(["results", JOB_ID, "--follow"], capsys)
+    assert code == exit_code
+    assert out.splitlines()[-1].split()[2] == terminal
+
+
+def test_results_without_follow_exits_0_for_a_failed_job(fake, capsys) -> None:
+    fake.script = {
+        "get_status": job(job_pb2.JOB_STATE_FAILED, last_event_sequence=3),
+        "follow": events(2, terminal="failed"),
+    }
+    code, out, _ = run(["results", JOB_ID], capsys)
+    assert code == 0
+    assert len(out.splitlines()) == 3
+
+
+def test_results_follow_says_it_is_reconnecting_and_honours_timeout(fake, capsys) -> None:
+    fake.script = {
+        "reconnects": ["UNAVAILABLE: failed to connect to all addresses"],
+        "follow": [VideoJobsError(grpc.StatusCode.UNAVAILABLE, "job-service unreachable")],
+    }
+    code, out, err = run(
+        ["--address", "h:9", "results", JOB_ID, "--follow", "--timeout", "7"], capsys
+    )
+    assert (code, out) == (1, "")
+    assert (
+        "videojobs: job-service at h:9 did not answer (UNAVAILABLE: failed to connect to all "
+        "addresses); reconnecting in 0.5 s (gives up after 7 s; see --timeout)"
+    ) in err.splitlines()
+    assert "UNAVAILABLE" in err.splitlines()[-1]
+    assert fake.instances[0].calls[0][2]["timeout"] == 7.0
+
+
+def test_ctrl_c_during_submit_wait_says_the_job_keeps_running(fake, video, capsys) -> None:
+    fake.script = {"submit": job(), "follow": [KeyboardInterrupt()]}
+    code, _, err = run(["submit", str(video), "--wait"], capsys)
+    assert code == 130
+    assert f"interrupted: job {JOB_ID} keeps running; follow it with" in err
+    assert f"  videojobs results {JOB_ID} --follow" in err.splitlines()
+
+
+def test_version_prints_the_installed_version(capsys) -> None:
+    from importlib import metadata
+
+    code, out, _ = run(["--version"], capsys)
+    assert (code, out) == (0, f"videojobs {metadata.version('videojobs')}\n")
 
 
 def test_list_prints_a_table_and_the_next_page_hint(fake, capsys) -> None:

@@ -53,6 +53,33 @@ def test_repeated_params_are_collected() -> None:
     assert args.params == {"a": 1, "b": "x", "c": True}
 
 
+def test_dotted_params_set_one_pipelines_parameters() -> None:
+    args = build_parser().parse_args(
+        ["submit", "clip.mp4", "--pipeline", "thumbnails", "--pipeline", "ocr"]
+        + ["--param", "thumbnails.mode=interval", "--param", "thumbnails.interval_seconds=2"]
+        + ["--param", "ocr.min_confidence=0.7", "--param", "target_fps=1"]
+    )
+    assert args.params == {
+        "thumbnails": {"mode": "interval", "interval_seconds": 2},
+        "ocr": {"min_confidence": 0.7},
+        "target_fps": 1,
+    }
+
+
+@pytest.mark.parametrize(
+    "repeated",
+    [
+        ["--param", "ocr.max_side=1", "--param", "ocr.max_side=2"],
+        ["--param", "ocr=3", "--param", "ocr.max_side=2"],
+    ],
+)
+def test_a_dotted_param_given_twice_is_a_usage_error(
+    repeated: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["submit", "clip.mp4", *repeated]) == 2
+    assert "given more than once" in capsys.readouterr().err
+
+
 def test_no_params_is_an_empty_dict() -> None:
     assert build_parser().parse_args(["submit", "clip.mp4"]).params == {}
 

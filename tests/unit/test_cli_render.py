@@ -13,6 +13,7 @@ from rich.console import Console
 from videojobs.cli.render import (
     format_bytes,
     format_error,
+    format_event_details,
     format_event_line,
     format_job_line,
     format_job_summary,
@@ -281,3 +282,44 @@ def test_jobs_table_shows_tenants_only_beyond_the_default() -> None:
     lines = header([default, other])
     assert lines[0][-1] == "TENANT"
     assert (lines[2][-1], lines[3][-1]) == ("default", "acme")
+
+
+def test_the_first_event_names_only_the_state_it_starts_in() -> None:
+    first = make_event(
+        1, state_changed=job_pb2.StateChanged(to_state=job_pb2.JOB_STATE_QUEUED, reason="accepted")
+    )
+    assert format_event_details(first) == "QUEUED (attempt 2): accepted"
+
+
+def test_job_json_keeps_whole_numbers_whole_and_prints_every_artifact_field() -> None:
+    job = finished_job()
+    job.summary.update({"width": 640, "frame_count": 100, "fps": 29.97})
+    data = json.loads(to_json(job))
+    assert data["summary"] == {
+        "format": "mp4",
+        "streams": 2,
+        "width": 640,
+        "frame_count": 100,
+        "fps": 29.97,
+    }
+    assert isinstance(data["summary"]["width"], int)
+    assert data["artifacts"] == [
+        {
+            "key": "jobs/x/attempts/1/t.jpg",
+            "mediaType": "image/jpeg",
+            "sizeBytes": "2048",
+            "width": 0,
+            "height": 0,
+            "timeSeconds": 0,
+            "index": 0,
+            "frameIndex": "0",
+        }
+    ]
+
+
+def test_completed_event_json_prints_every_artifact_field() -> None:
+    event = make_event(
+        4, completed=job_pb2.JobCompleted(output_key="o", artifacts=[job_pb2.Artifact(key="k")])
+    )
+    artifact = json.loads(to_json(event, one_line=True))["completed"]["artifacts"][0]
+    assert (artifact["index"], artifact["timeSeconds"], artifact["frameIndex"]) == (0, 0, "0")

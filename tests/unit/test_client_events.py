@@ -176,3 +176,29 @@ def test_cursor_early_end_retries_then_gives_up() -> None:
     cursor.request()
     with pytest.raises(VideoJobsError, match="kept ending before the job finished"):
         cursor.delay_after_early_end()
+
+
+def test_cursor_announces_each_reconnect_but_not_the_last_failure() -> None:
+    clock = FakeClock()
+    heard: list[tuple[str, float]] = []
+    cursor = FollowCursor(
+        "j", reconnect_timeout=1.0, clock=clock, on_reconnect=lambda *said: heard.append(said)
+    )
+    cursor.request()
+    unavailable = FakeCallError(grpc.StatusCode.UNAVAILABLE)
+    cursor.delay_after_error(unavailable)
+    clock.now += 0.5
+    cursor.request()
+    assert cursor.delay_after_early_end() == pytest.approx(0.2)
+    clock.now += 0.6
+    cursor.request()
+    with pytest.raises(VideoJobsError):
+        cursor.delay_after_error(unavailable)
+    assert heard == [
+        ("UNAVAILABLE: unavailable for test", pytest.approx(0.1)),
+        ("the event stream ended before the job did", pytest.approx(0.2)),
+    ]
+    # Errors that are never retried are not announced either.
+    with pytest.raises(VideoJobsError):
+        cursor.delay_after_error(FakeCallError(grpc.StatusCode.NOT_FOUND))
+    assert len(heard) == 2

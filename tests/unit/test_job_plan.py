@@ -33,13 +33,32 @@ def test_several_pipelines_are_sorted_and_get_sampling(catalogue):
     assert plan.parameters["scenes"]["threshold"] == pytest.approx(0.25)
 
 
+def test_a_flat_parameter_goes_to_the_one_pipeline_that_has_it(catalogue):
+    flat = plan_job(catalogue, ["ocr", "scenes"], {"min_confidence": 0.7, "threshold": 0.4})
+    nested = plan_job(
+        catalogue, ["ocr", "scenes"], {"ocr": {"min_confidence": 0.7}, "scenes": {"threshold": 0.4}}
+    )
+    assert flat == nested
+    assert flat.parameters["ocr"]["min_confidence"] == 0.7
+    assert flat.parameters["scenes"]["threshold"] == pytest.approx(0.4)
+
+
+def test_a_flat_parameter_several_pipelines_have_must_name_one(catalogue):
+    with pytest.raises(ParameterError) as caught:
+        plan_job(catalogue, ["detect", "ocr"], {"min_confidence": 0.5})
+    [(field, description)] = caught.value.violations
+    assert field == "parameters.min_confidence"
+    assert "detect, ocr" in description and '{"detect": {"min_confidence": ...}}' in description
+
+
 @pytest.mark.parametrize(
     ("names", "given", "fields"),
     [
         (["nope"], {}, {"pipelines"}),
         (["ocr", "ocr"], {}, {"pipelines"}),
         ([], {}, {"pipelines"}),
-        (["ocr", "scenes"], {"min_confidence": 0.5}, {"parameters.min_confidence"}),
+        (["ocr", "scenes"], {"nope": 0.5}, {"parameters.nope"}),
+        (["detect", "ocr"], {"min_confidence": 0.5}, {"parameters.min_confidence"}),
         (["ocr", "scenes"], {"ocr": 3}, {"parameters.ocr"}),
         (["ocr", "scenes"], {"ocr": {"min_confidence": 2}}, {"parameters.ocr.min_confidence"}),
         (["scenes"], {"frame_stride": 0}, {"parameters.frame_stride"}),

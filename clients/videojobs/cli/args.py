@@ -8,6 +8,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
+from importlib import metadata
 from typing import Any
 
 from videojobs.client import DEFAULT_ADDRESS, TOKEN_ENV_VAR, parse_job_state
@@ -93,7 +94,9 @@ def positive_seconds(text: str) -> float:
 
 class _CollectParams(argparse.Action):
     """Gathers repeated `--param KEY=VALUE` into one dict; a repeated key is a
-    usage error rather than a silent override."""
+    usage error rather than a silent override. A dotted key,
+    `PIPELINE.NAME=VALUE`, sets one parameter of one pipeline: several build
+    `{"PIPELINE": {"NAME": VALUE, ...}}`."""
 
     def __call__(
         self,
@@ -104,10 +107,25 @@ class _CollectParams(argparse.Action):
     ) -> None:
         key, value = values
         params = dict(getattr(namespace, self.dest) or {})
-        if key in params:
-            parser.error(f"parameter {key!r} given more than once")
-        params[key] = value
+        pipeline, dot, name = key.partition(".")
+        if dot and pipeline and name:
+            group = params.get(pipeline, {})
+            if not isinstance(group, dict) or name in group:
+                parser.error(f"parameter {key!r} given more than once")
+            params[pipeline] = {**group, name: value}
+        else:
+            if key in params:
+                parser.error(f"parameter {key!r} given more than once")
+            params[key] = value
         setattr(namespace, self.dest, params)
+
+
+def _version() -> str:
+    """The installed videojobs version (the package metadata)."""
+    try:
+        return metadata.version("videojobs")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
             "and fetch their results and artifacts."
         ),
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     _add_global_options(
         parser,
         {
@@ -159,7 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=parse_param,
         action=_CollectParams,
         default={},
-        help="pipeline parameter; VALUE is JSON if it parses, else a string (repeatable)",
+        help=(
+            "pipeline parameter; VALUE is JSON if it parses, else a string; "
+            "PIPELINE.KEY=VALUE for one pipeline of several (repeatable)"
+        ),
     )
     submit.add_argument(
         "--request-id",
@@ -294,7 +316,11 @@ def _add_global_options(parser: argparse.ArgumentParser, defaults: dict[str, Any
         metavar="SECONDS",
         type=positive_seconds,
         default=default("timeout"),
-        help="deadline for one-shot calls: status, list, cancel, blob info (default: none)",
+        help=(
+            "deadline for one-shot calls (status, list, cancel, blob info; default: none), "
+            "and how long `results --follow` and `submit --wait` keep reconnecting to an "
+            "unreachable job-service (default: 60)"
+        ),
     )
     parser.add_argument(
         "--token-file",

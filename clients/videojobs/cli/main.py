@@ -38,11 +38,15 @@ from videojobs.client import (
     VideoJobsError,
     read_token_file,
 )
+from videojobs.client.defaults import RECONNECT_TIMEOUT
 from videojobs.v1 import job_pb2, job_service_pb2
 
 EXIT_OK = 0
+#: The command failed, or the job it waited for or followed ended FAILED.
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+#: The job the command waited for or followed ended CANCELLED.
+EXIT_CANCELLED = 3
 EXIT_INTERRUPTED = 130
 
 #: 128 + SIGPIPE, what a shell reports for a pipeline reader that went away.
@@ -132,7 +136,22 @@ def submit_command(client: JobClient, args: argparse.Namespace) -> int:
             raise UsageError(f"cannot read {args.file}: {error.strerror or error}") from error
         if args.wait:
             display.submitted(job)
-            job = client.wait(job.job_id, on_event=display.job_event)
+            try:
+                for event in client.follow(
+                    job.job_id,
+                    reconnect_timeout=args.timeout or RECONNECT_TIMEOUT,
+                    on_reconnect=_say_reconnecting(args),
+                ):
+                    display.job_event(event)
+            except KeyboardInterrupt:
+                _print_error_lines(
+                    [
+                        f"interrupted: job {job.job_id} keeps running; follow it with",
+                        f"  videojobs results {job.job_id} --follow",
+                    ]
+                )
+                return EXIT_INTERRUPTED
+            job = client.get_status(job.job_id)
     if args.json:
         print(to_json(job))
     elif args.wait:
@@ -141,7 +160,38 @@ def submit_command(client: JobClient, args: argparse.Namespace) -> int:
         print(format_job_line(job))
     if not args.wait:
         return EXIT_OK
-    return EXIT_OK if job.state == job_pb2.JOB_STATE_SUCCEEDED else EXIT_FAILED
+    return _exit_for_state(job.state)
+
+
+def _exit_for_state(state: int) -> int:
+    """The exit code for a job that ended in `state` (0 unless it failed or was cancelled)."""
+    if state == job_pb2.JOB_STATE_FAILED:
+        return EXIT_FAILED
+    if state == job_pb2.JOB_STATE_CANCELLED:
+        return EXIT_CANCELLED
+    return EXIT_OK
+
+
+_STATE_OF_TERMINAL_PAYLOAD = {
+    "completed": job_pb2.JOB_STATE_SUCCEEDED,
+    "failed": job_pb2.JOB_STATE_FAILED,
+    "cancelled": job_pb2.JOB_STATE_CANCELLED,
+}
+
+
+def _say_reconnecting(args: argparse.Namespace) -> Callable[[str, float], None]:
+    """A reconnect callback that tells the user on stderr why they wait."""
+    window = args.timeout or RECONNECT_TIMEOUT
+
+    def say(reason: str, delay: float) -> None:
+        _print_error_lines(
+            [
+                f"videojobs: job-service at {args.address} did not answer ({reason}); "
+                f"reconnecting in {delay:.1f} s (gives up after {window:g} s; see --timeout)"
+            ]
+        )
+
+    return say
 
 
 def status_command(client: JobClient, args: argparse.Namespace) -> int:
@@ -168,13 +218,24 @@ def results_command(client: JobClient, args: argparse.Namespace) -> int:
         last_sequence = client.get_status(args.job_id).last_event_sequence
         if last_sequence <= args.after:
             return EXIT_OK
-    with closing(client.follow(args.job_id, after_sequence=args.after)) as events:
+    ended_state = None
+    events = client.follow(
+        args.job_id,
+        after_sequence=args.after,
+        reconnect_timeout=args.timeout or RECONNECT_TIMEOUT,
+        on_reconnect=_say_reconnecting(args),
+    )
+    with closing(events):
         for event in events:
             print(to_json(event, one_line=True) if args.json else format_event_line(event))
             # Flushed per event so a pipe sees live events as they come.
             sys.stdout.flush()
+            ended_state = _STATE_OF_TERMINAL_PAYLOAD.get(event.WhichOneof("payload"), ended_state)
             if last_sequence is not None and event.sequence >= last_sequence:
                 break
+    if args.follow and ended_state is not None:
+        # Like `submit --wait`: a script can tell a failed or cancelled job by the code.
+        return _exit_for_state(ended_state)
     return EXIT_OK
 
 

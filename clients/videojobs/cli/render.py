@@ -65,8 +65,37 @@ def _json_escape(char: str) -> str:
 
 def to_json(proto: message.Message, *, one_line: bool = False) -> str:
     """The proto JSON mapping (camelCase names), pretty or on one line, with
-    unsafe characters escaped."""
-    return printable_json(json_format.MessageToJson(proto, indent=None if one_line else 2))
+    unsafe characters escaped; whole numbers in Structs (summaries,
+    parameters, partial results) print without `.0`, and every artifact
+    shows all its fields, zeros included."""
+    data = _whole_numbers_as_ints(_with_full_artifacts(proto, json_format.MessageToDict(proto)))
+    return printable_json(json.dumps(data, indent=None if one_line else 2, ensure_ascii=False))
+
+
+def _with_full_artifacts(proto: message.Message, data: dict) -> dict:
+    """`data` (the JSON mapping of `proto`) with each Artifact inside it
+    printed with every field: an artifact's `index`, `timeSeconds` or
+    `frameIndex` of 0 is a real value, not an absent one."""
+    for field, value in proto.ListFields():
+        target = field.message_type
+        if target is None or target.full_name.startswith("google.") or field.json_name not in data:
+            continue
+        if target.GetOptions().map_entry:
+            continue
+        repeated = field.is_repeated
+        items = list(value) if repeated else [value]
+        rendered = data[field.json_name] if repeated else [data[field.json_name]]
+        if target.full_name == job_pb2.Artifact.DESCRIPTOR.full_name:
+            rendered[:] = [
+                json_format.MessageToDict(item, always_print_fields_with_no_presence=True)
+                for item in items
+            ]
+        else:
+            for item, item_data in zip(items, rendered, strict=True):
+                _with_full_artifacts(item, item_data)
+        if not repeated:
+            data[field.json_name] = rendered[0]
+    return data
 
 
 def format_document(document: Any) -> str:
@@ -144,7 +173,9 @@ def format_event_details(event: job_pb2.JobEvent) -> str:
     kind = event.WhichOneof("payload")
     if kind == "state_changed":
         change = event.state_changed
-        text = f"{job_state_name(change.from_state)} -> {job_state_name(change.to_state)}"
+        text = job_state_name(change.to_state)
+        if change.from_state != job_pb2.JOB_STATE_UNSPECIFIED:  # the first event has no "before"
+            text = f"{job_state_name(change.from_state)} -> {text}"
         text += f" (attempt {event.attempt})"
         return f"{text}: {change.reason}" if change.reason else text
     if kind == "progress":

@@ -27,6 +27,10 @@ TERMINAL_STATES = frozenset(
 #: Called with each event while following or waiting for a job.
 EventCallback = Callable[[job_pb2.JobEvent], None]
 
+#: Called before `follow` reconnects: why the stream broke (a short text) and
+#: the seconds it waits before the next try.
+ReconnectCallback = Callable[[str, float], None]
+
 
 def is_terminal_event(event: job_pb2.JobEvent) -> bool:
     """Whether the event ends the job (payload `completed`, `failed` or `cancelled`)."""
@@ -92,9 +96,11 @@ class FollowCursor:
         after_sequence: int = 0,
         reconnect: bool = True,
         reconnect_timeout: float = RECONNECT_TIMEOUT,
+        on_reconnect: ReconnectCallback | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.job_id = job_id
+        self._on_reconnect = on_reconnect
         self.last_sequence = after_sequence
         self.reconnect = reconnect
         self.finished = False
@@ -134,6 +140,8 @@ class FollowCursor:
         delay = self._delay_after_break()
         if delay is None:
             raise VideoJobsError.from_rpc_error(error) from error
+        details = error.details() if callable(getattr(error, "details", None)) else ""
+        self._announce(f"UNAVAILABLE: {details}" if details else "UNAVAILABLE", delay)
         return delay
 
     def delay_after_early_end(self) -> float | None:
@@ -152,7 +160,12 @@ class FollowCursor:
                 grpc.StatusCode.UNAVAILABLE,
                 f"the event stream of job {self.job_id} kept ending before the job finished",
             )
+        self._announce("the event stream ended before the job did", delay)
         return delay
+
+    def _announce(self, reason: str, delay: float) -> None:
+        if self._on_reconnect is not None:
+            self._on_reconnect(reason, delay)
 
     def _delay_after_break(self) -> float | None:
         # A stream that stayed open for the whole window was connected, even if

@@ -26,7 +26,7 @@ from videojobs.client.blobs import (
 from videojobs.client.credentials import ClientCredentials
 from videojobs.client.defaults import DEFAULT_ADDRESS, DEFAULT_CHUNK_SIZE, RECONNECT_TIMEOUT
 from videojobs.client.errors import VideoJobsError, rpc_errors_raised_as_videojobs_errors
-from videojobs.client.events import EventCallback, FollowCursor
+from videojobs.client.events import EventCallback, FollowCursor, ReconnectCallback
 from videojobs.client.readers import BlobReader
 from videojobs.client.requests import (
     JobOptions,
@@ -474,6 +474,7 @@ class JobClient:
         after_sequence: int = 0,
         reconnect: bool = True,
         reconnect_timeout: float = RECONNECT_TIMEOUT,
+        on_reconnect: ReconnectCallback | None = None,
     ) -> Iterator[job_pb2.JobEvent]:
         """Yields the job's events after `after_sequence`, stored ones first,
         then live ones, ending after the terminal event.
@@ -482,6 +483,8 @@ class JobClient:
         and `reconnect` is true, it reconnects with exponential backoff
         (0.1 s doubling to 5 s, for up to `reconnect_timeout` seconds) and
         resumes after the last event seen, so no event is lost or repeated.
+        `on_reconnect`, if given, hears each reconnect first (why, and the
+        seconds until the next try), so a caller can say it is waiting.
         Stopping the iteration early cancels the stream.
 
         Raises:
@@ -492,6 +495,7 @@ class JobClient:
             after_sequence=after_sequence,
             reconnect=reconnect,
             reconnect_timeout=reconnect_timeout,
+            on_reconnect=on_reconnect,
         )
         while not cursor.finished:
             call = self._stub.StreamResults(cursor.request())

@@ -18,7 +18,15 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.http2.max_pings_without_data", 0),
+    # gRPC turns SO_REUSEPORT on by default on Linux: a second server on a
+    # port already in use would then start and share it with the first (calls
+    # reaching either at random). Off, a taken port fails the bind.
+    ("grpc.so_reuseport", 0),
 ]
+
+
+class ListenError(OSError):
+    """The service cannot listen on its address (taken, or not this host's)."""
 
 
 def add_health_and_reflection(
@@ -62,12 +70,23 @@ def bind(
     server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None = None
 ) -> str:
     """Binds `address` (port 0 picks a free one), with TLS when `credentials`
-    are given, and returns the address actually bound."""
-    if credentials is not None:
-        port = server.add_secure_port(address, credentials)
-    else:
-        port = server.add_insecure_port(address)
+    are given, and returns the address actually bound.
+
+    Raises:
+        ListenError: the port is taken (never shared: SO_REUSEPORT is off) or
+            the address cannot be bound.
+    """
+    try:
+        if credentials is not None:
+            port = server.add_secure_port(address, credentials)
+        else:
+            port = server.add_insecure_port(address)
+    except RuntimeError:  # grpcio's way of saying the bind failed
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {address}")
+        raise ListenError(
+            f"cannot listen on {address}: the port is in use (is another job-service or "
+            "worker running there?) or the address is not one of this host's"
+        )
     host = address.rsplit(":", 1)[0]
     return f"{host}:{port}"

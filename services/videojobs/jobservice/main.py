@@ -20,6 +20,7 @@ import sys
 
 from videojobs.common.auth import AuthFileError
 from videojobs.common.config import run_until_signalled, setup_logging
+from videojobs.common.grpc_server import ListenError
 from videojobs.common.security import SecurityConfigError
 from videojobs.jobservice.server import serve
 from videojobs.jobservice.settings import parse_settings
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.log_level)
     try:
         return run_until_signalled(lambda stop: serve(settings, stop))
-    except (SecurityConfigError, AuthFileError, SingleReplicaError) as exc:
+    except (SecurityConfigError, AuthFileError, SingleReplicaError, ListenError) as exc:
         print(f"videojobs-server: error: {exc}", file=sys.stderr)
         return 2
 

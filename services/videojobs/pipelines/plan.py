@@ -8,8 +8,10 @@ JSON-shaped:
 - the sampling parameters (`frame_stride`, `max_frames`, `start_time`,
   `end_time`, `target_fps`) sit at the top level and are shared by the job's
   frame pipelines;
-- for a job of one pipeline, that pipeline's parameters may also sit at the
-  top level: `{"count_frames": true}`.
+- any other top-level key is a parameter of the one pipeline of the job that
+  has it: `{"count_frames": true}`, or `{"min_confidence": 0.7}` on an
+  ocr+scenes job; a name several of the job's pipelines share must go under
+  one of them.
 
 The plan is stored normalised: `{"<pipeline>": {...}, ..., "sampling": {...}}`
 (the sampling entry only when a frame pipeline is present).
@@ -103,13 +105,27 @@ def plan_job(
         elif len(unique) == 1:
             per_pipeline[unique[0]][key] = value
         else:
-            violations.append(
-                (
-                    f"{field_prefix}.{key}",
-                    "unknown: put a pipeline's parameters under its name, "
-                    f'e.g. {{"{unique[0]}": {{...}}}}',
+            # A flat parameter of a several-pipeline job goes to the one
+            # pipeline that has it; where none or several do, it must be
+            # put under a pipeline's name.
+            owners = [name for name in unique if key in _parameter_names(specs[name])]
+            if len(owners) == 1:
+                per_pipeline[owners[0]][key] = value
+            elif owners:
+                violations.append(
+                    (
+                        f"{field_prefix}.{key}",
+                        f"is a parameter of {', '.join(owners)}: put it under the one it is "
+                        f'for, e.g. {{"{owners[0]}": {{"{key}": ...}}}}',
+                    )
                 )
-            )
+            else:
+                violations.append(
+                    (
+                        f"{field_prefix}.{key}",
+                        f"unknown: none of {', '.join(unique)} has this parameter",
+                    )
+                )
     parameters: dict[str, Any] = {}
     for name, spec in specs.items():
         # For one pipeline, flat parameters are reported under the flat path.
@@ -130,6 +146,10 @@ def plan_job(
     if violations:
         raise ParameterError(violations)
     return JobPlan(pipelines=tuple(unique), parameters=parameters)
+
+
+def _parameter_names(spec: PipelineSpec) -> frozenset[str]:
+    return frozenset(parameter.name for parameter in spec.parameters)
 
 
 def parameters_of(plan_parameters: dict[str, Any], name: str, single: bool) -> dict[str, Any]:

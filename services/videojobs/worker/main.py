@@ -14,6 +14,7 @@ from videojobs.common.auth_interceptor import AuthInterceptor
 from videojobs.common.config import run_until_signalled, setup_logging
 from videojobs.common.grpc_server import (
     SERVER_OPTIONS,
+    ListenError,
     add_health_and_reflection,
     bind,
     mark_serving,
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.log_level)
     try:
         run_until_signalled(lambda stop: serve(settings, stop))
-    except (SecurityConfigError, AuthFileError) as exc:
+    except (SecurityConfigError, AuthFileError, ListenError) as exc:
         print(f"videojobs-worker: error: {exc}", file=sys.stderr)
         return 2
     return 0
