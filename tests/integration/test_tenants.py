@@ -437,3 +437,38 @@ async def test_uploads_in_flight_hold_back_only_their_tenant(start_tenancy, samp
     job = (await held).job
     assert job.tenant == "acme"
     await submit_as(t.stubs, t.acme.metadata, sample_mp4)
+
+
+async def test_workers_and_stats_show_a_client_only_its_own_tenant(start_tenancy, sample_mp4):
+    tenancy = await start_tenancy()
+    stubs, acme, globex, admin = tenancy.stubs, tenancy.acme, tenancy.globex, tenancy.admin
+    acme_job = await submit_as(stubs, acme.metadata, sample_mp4)
+    globex_job = await submit_as(stubs, globex.metadata, sample_mp4)
+    async with TokenScriptedWorker(
+        tenancy.service.address, tenancy.worker, store=tenancy.service.storage, capacity=2
+    ) as worker:
+        held = {(await worker.next("assignment")).job_id for _ in range(2)}
+        assert held == {acme_job.job_id, globex_job.job_id}
+
+        async def workers_seen_by(caller):
+            answer = await stubs.jobs.ListWorkers(js.ListWorkersRequest(), metadata=caller.metadata)
+            [listed] = answer.workers
+            return listed
+
+        for caller, expected in [
+            (acme, [acme_job.job_id]),
+            (globex, [globex_job.job_id]),
+            (admin, sorted(held)),
+        ]:
+            listed = await workers_seen_by(caller)
+            assert (listed.slots, listed.slots_used) == (2, 2)
+            assert list(listed.job_ids) == expected
+
+    async def total(caller, **request) -> int:
+        answer = await stubs.jobs.GetStats(js.GetStatsRequest(**request), metadata=caller.metadata)
+        return sum(count.count for count in answer.total.counts)
+
+    assert await total(acme) == 1
+    assert await total(acme, tenant="globex") == 1  # a client's own tenant, whatever it asks
+    assert await total(admin) == 2
+    assert await total(admin, tenant="globex") == 1

@@ -119,6 +119,7 @@ EXAMPLES = {
     "stream_results": 300,
     "list_jobs": 350,
     "cancel": 250,
+    "stats": 120,
     "connect_opening": 300,
     "connect_reports": 350,
 }
@@ -1023,6 +1024,34 @@ def test_list_jobs(server: FuzzServer, page_size, page_token, states, pipeline) 
             issued = server.memory.get("page_tokens", [])
             server.memory["page_tokens"] = [*issued[-19:], page.next_page_token]
     server.check_log(mark, "ListJobs")
+    server.tick()
+
+
+@settings(FUZZ, max_examples=EXAMPLES["stats"])
+@given(
+    seconds=weighted(
+        (3, st.integers(0, 30 * 24 * 3600)),
+        (1, st.integers(-(2**63), 2**63 - 1)),
+        (1, st.sampled_from([-1, 30 * 24 * 3600 + 1, 315_576_000_000, 315_576_000_001])),
+    ),
+    nanos=weighted((3, st.just(0)), (1, st.integers(-(2**31), 2**31 - 1))),
+    tenant=weighted((3, st.just("")), (1, texts(80))),
+)
+def test_get_stats(server: FuzzServer, seconds, nanos, tenant) -> None:
+    """GetStats with arbitrary windows (negative, huge, not a valid Duration)
+    and tenant names: OK with counts no larger than the jobs that exist, or
+    INVALID_ARGUMENT naming `window`."""
+    jobs = seeded(server)
+    request = js.GetStatsRequest(tenant=tenant)
+    request.window.seconds, request.window.nanos = seconds, nanos
+    mark = server.log.mark()
+    outcome = server.run(call_unary("GetStats", server.jobs.GetStats, request))
+    server.check(outcome, client_text([request]), mark)
+    event(outcome.label)
+    if outcome.code == Code.OK:
+        total = sum(count.count for count in outcome.responses[0].total.counts)
+        assert total <= len(jobs) + 1000, total
+    server.check_log(mark, "GetStats")
     server.tick()
 
 

@@ -86,6 +86,7 @@ DOCUMENTED_CODES: dict[str, frozenset[Code]] = {
     "GetStatus": frozenset({Code.OK, Code.INVALID_ARGUMENT, Code.NOT_FOUND}),
     "StreamResults": frozenset({Code.OK, Code.INVALID_ARGUMENT, Code.NOT_FOUND}),
     "ListJobs": frozenset({Code.OK, Code.INVALID_ARGUMENT}),
+    "GetStats": frozenset({Code.OK, Code.INVALID_ARGUMENT}),
     "CancelJob": frozenset(
         {Code.OK, Code.NOT_FOUND, Code.FAILED_PRECONDITION, Code.INVALID_ARGUMENT}
     ),

@@ -137,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
             "Submit videos to job-service, follow, list and cancel jobs, "
             "and fetch their results and artifacts."
         ),
+        epilog=(
+            "Pipelines and their parameters: `videojobs pipelines` (and "
+            "`videojobs pipelines NAME`) ask job-service what it accepts."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     _add_global_options(
@@ -296,6 +300,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="delete an ended job with its input, results and artifacts",
     )
     delete.add_argument("job_id", metavar="JOB_ID")
+
+    pipelines = commands.add_parser(
+        "pipelines",
+        parents=[global_options],
+        help="the pipelines job-service accepts, with their parameters",
+    )
+    pipelines.add_argument(
+        "name", metavar="NAME", nargs="?", help="show one pipeline's parameters in full"
+    )
+    _add_json_option(pipelines)
+
+    workers = commands.add_parser(
+        "workers", parents=[global_options], help="the workers connected to job-service"
+    )
+    _add_json_option(workers)
+
+    stats = commands.add_parser(
+        "stats", parents=[global_options], help="counts and timings of recent jobs"
+    )
+    stats.add_argument(
+        "--window",
+        metavar="SECONDS",
+        type=positive_seconds,
+        default=None,
+        help="cover jobs created this many seconds ago or since (default: 3600)",
+    )
+    stats.add_argument("--tenant", default="", help="administrators: one tenant's jobs")
+    _add_json_option(stats)
     return parser
 
 

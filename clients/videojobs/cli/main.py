@@ -27,9 +27,13 @@ from videojobs.cli.render import (
     format_event_line,
     format_job_line,
     format_job_summary,
+    format_pipeline,
+    format_stats,
     jobs_table,
+    pipelines_table,
     printable,
     to_json,
+    workers_table,
 )
 from videojobs.client import (
     CredentialsError,
@@ -278,6 +282,48 @@ def list_command(client: JobClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def pipelines_command(client: JobClient, args: argparse.Namespace) -> int:
+    """`pipelines [NAME]`: every pipeline (a table), or one in full."""
+    answer = client.list_pipelines()
+    if args.name:
+        chosen = [p for p in answer.pipelines if p.name == args.name]
+        if not chosen:
+            known = ", ".join(p.name for p in answer.pipelines)
+            raise UsageError(f"no pipeline {args.name!r} (job-service has: {known})")
+        if args.json:
+            print(to_json(chosen[0]))
+        else:
+            _print_lines(format_pipeline(chosen[0], answer.sampling_parameters_schema))
+        return EXIT_OK
+    if args.json:
+        print(to_json(answer))
+    else:
+        _print_table(pipelines_table(list(answer.pipelines)))
+    return EXIT_OK
+
+
+def workers_command(client: JobClient, args: argparse.Namespace) -> int:
+    """`workers`: the workers connected to job-service."""
+    workers = client.list_workers()
+    if args.json:
+        print(to_json(job_service_pb2.ListWorkersResponse(workers=workers)))
+    elif not workers:
+        _print_error_lines(["no workers connected"])
+    else:
+        _print_table(workers_table(workers))
+    return EXIT_OK
+
+
+def stats_command(client: JobClient, args: argparse.Namespace) -> int:
+    """`stats`: counts and timings of the jobs of the last --window seconds."""
+    stats = client.get_stats(window=args.window, tenant=args.tenant)
+    if args.json:
+        print(to_json(stats))
+    else:
+        _print_lines(format_stats(stats))
+    return EXIT_OK
+
+
 def delete_command(client: JobClient, args: argparse.Namespace) -> int:
     """`delete JOB_ID`: delete an ended job and everything it stored."""
     removed = client.delete(args.job_id)
@@ -293,6 +339,9 @@ def cancel_command(client: JobClient, args: argparse.Namespace) -> int:
 
 
 _COMMANDS: dict[str, Command] = {
+    "pipelines": pipelines_command,
+    "workers": workers_command,
+    "stats": stats_command,
     "submit": submit_command,
     "status": status_command,
     "results": results_command,

@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from videojobs.client import VideoJobsError, job_state_name, struct_to_dict
-from videojobs.v1 import job_pb2
+from videojobs.v1 import job_pb2, job_service_pb2
 
 _UNSET = "-"
 
@@ -301,3 +301,100 @@ def jobs_table(jobs: list[job_pb2.Job]) -> Table:
         # Text, not markup: a server string is never interpreted by rich.
         table.add_row(*(Text(printable(cell)) for cell in cells))
     return table
+
+
+def pipelines_table(pipelines: list[job_service_pb2.PipelineInfo]) -> Table:
+    """The `pipelines` table: name, version, frames or not, parameters, description."""
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    table.add_column("NAME", no_wrap=True)
+    table.add_column("VERSION", no_wrap=True)
+    table.add_column("FRAMES", no_wrap=True)
+    table.add_column("PARAMETERS")
+    table.add_column("DESCRIPTION")
+    for pipeline in pipelines:
+        properties = struct_to_dict(pipeline.parameters_schema).get("properties", {})
+        table.add_row(
+            Text(printable(pipeline.name)),
+            Text(printable(pipeline.version)),
+            "yes" if pipeline.analyses_frames else "no",
+            Text(printable(", ".join(sorted(properties)) or "-")),
+            Text(printable(pipeline.description)),
+        )
+    return table
+
+
+def format_pipeline(pipeline: job_service_pb2.PipelineInfo, sampling_schema: Any) -> list[str]:
+    """One pipeline in full: what it is, then each parameter with its type,
+    default, limits and meaning (and the sampling parameters of a frame pipeline)."""
+    timeout = pipeline.default_execution_timeout.ToTimedelta().total_seconds()
+    lines = [
+        f"{pipeline.name} {pipeline.version}: {pipeline.description}",
+        f"default execution timeout: {timeout:g} s",
+        "parameters (--param NAME=VALUE, or --param "
+        f"{pipeline.name}.NAME=VALUE on a job of several pipelines):",
+    ]
+    lines += _parameter_lines(struct_to_dict(pipeline.parameters_schema))
+    if pipeline.analyses_frames:
+        lines.append("sampling parameters (shared by a job's frame pipelines):")
+        lines += _parameter_lines(struct_to_dict(sampling_schema))
+    return [printable(line) for line in lines]
+
+
+def _parameter_lines(schema: dict[str, Any]) -> list[str]:
+    lines = []
+    for name, spec in sorted(schema.get("properties", {}).items()):
+        text = f"  {name} ({spec.get('type', '?')}"
+        if "default" in spec:
+            text += f", default {json.dumps(_whole_numbers_as_ints(spec['default']))}"
+        if "minimum" in spec or "maximum" in spec:
+            low = _whole_numbers_as_ints(spec.get("minimum", "-"))
+            high = _whole_numbers_as_ints(spec.get("maximum", "-"))
+            text += f", {low}..{high}"
+        lines.append(f"{text}): {spec.get('description', '')}")
+    return lines or ["  (none)"]
+
+
+def workers_table(workers: list[job_service_pb2.WorkerInfo]) -> Table:
+    """The `workers` table: id, slots used/total, state, last heartbeat,
+    pipelines, jobs, status address."""
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    table.add_column("WORKER", no_wrap=True)
+    table.add_column("SLOTS", justify="right", no_wrap=True)
+    table.add_column("STATE", no_wrap=True)
+    table.add_column("HEARTBEAT", no_wrap=True)
+    table.add_column("PIPELINES")
+    table.add_column("JOBS")
+    table.add_column("ADDRESS", no_wrap=True)
+    for worker in workers:
+        table.add_row(
+            Text(printable(worker.worker_id)),
+            f"{worker.slots_used}/{worker.slots}",
+            "draining" if worker.draining else "ready",
+            format_time(worker.last_heartbeat_time, milliseconds=False),
+            Text(printable(",".join(worker.pipelines))),
+            Text(printable(" ".join(worker.job_ids) or "-")),
+            Text(printable(worker.status_address or "-")),
+        )
+    return table
+
+
+def format_stats(stats: job_service_pb2.GetStatsResponse) -> list[str]:
+    """`stats`: the window, then one block per pipeline set and the total."""
+    lines = [f"jobs created since {format_time(stats.window_start, milliseconds=False)}"]
+    for figures in [*stats.pipelines, stats.total]:
+        counts = ", ".join(
+            f"{job_state_name(count.state)} {count.count}" for count in figures.counts
+        )
+        lines.append(f"{figures.pipeline or 'all'}: {counts or 'no jobs'}")
+        if figures.counts:
+            lines.append(
+                f"  success {figures.success_rate * 100:.1f}%, "
+                f"run p50 {_seconds(figures.duration_p50)} p95 {_seconds(figures.duration_p95)}, "
+                f"queue wait p50 {_seconds(figures.queue_wait_p50)} "
+                f"p95 {_seconds(figures.queue_wait_p95)}"
+            )
+    return [printable(line) for line in lines]
+
+
+def _seconds(value: Any) -> str:
+    return f"{value.ToTimedelta().total_seconds():.3f}s"

@@ -407,6 +407,31 @@ class JobClient:
             request = job_service_pb2.GetStatusRequest(job_id=job_id)
             return self._stub.GetStatus(request, timeout=self.timeout).job
 
+    def list_pipelines(self) -> job_service_pb2.ListPipelinesResponse:
+        """Every pipeline job-service accepts, with its parameters' JSON Schema
+        (`pipelines`), and the shared sampling parameters' schema."""
+        with rpc_errors_raised_as_videojobs_errors():
+            request = job_service_pb2.ListPipelinesRequest()
+            return self._stub.ListPipelines(request, timeout=self.timeout)
+
+    def list_workers(self) -> list[job_service_pb2.WorkerInfo]:
+        """The workers connected to job-service: pipelines, slots, draining,
+        last heartbeat and the jobs they hold (of your tenant)."""
+        with rpc_errors_raised_as_videojobs_errors():
+            request = job_service_pb2.ListWorkersRequest()
+            return list((self._stub.ListWorkers(request, timeout=self.timeout)).workers)
+
+    def get_stats(
+        self, window: float | None = None, tenant: str = ""
+    ) -> job_service_pb2.GetStatsResponse:
+        """Counts and timings of the jobs created in the last `window` seconds
+        (default: one hour), in total and per pipeline set."""
+        with rpc_errors_raised_as_videojobs_errors():
+            request = job_service_pb2.GetStatsRequest(tenant=tenant)
+            if window is not None:
+                request.window.FromNanoseconds(int(window * 1e9))
+            return self._stub.GetStats(request, timeout=self.timeout)
+
     def cancel(self, job_id: str, reason: str = "") -> job_pb2.Job:
         """Cancels the job and returns it (FAILED_PRECONDITION if it already ended)."""
         with rpc_errors_raised_as_videojobs_errors():

@@ -38,6 +38,8 @@ ECHO_CHARS = 32
 # -- worker sessions -----------------------------------------------------------
 MAX_LEASE_TOKEN_CHARS = 64
 MAX_WORKER_VERSION_CHARS = 64
+#: Longest WorkerHello.status_address (HOST:PORT of the worker's WorkerService).
+MAX_STATUS_ADDRESS_CHARS = 256
 MAX_ANNOUNCED_PIPELINES = 64
 MAX_HELD_LEASES = 256
 MAX_STAGE_CHARS = 64

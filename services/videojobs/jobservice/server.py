@@ -25,6 +25,7 @@ from videojobs.jobservice.api.dispatch_servicer import DispatchServicer
 from videojobs.jobservice.api.job_servicer import JobServicer
 from videojobs.jobservice.blobs import BlobAccess
 from videojobs.jobservice.cancel import CancelService
+from videojobs.jobservice.discovery import Discovery
 from videojobs.jobservice.dispatch import DispatchCoordinator
 from videojobs.jobservice.events import EventFeed, EventHub
 from videojobs.jobservice.notifier import default_notifier
@@ -144,6 +145,7 @@ def build_job_service(settings: JobServiceSettings) -> JobServiceApp:
         EventFeed(database, hub, resync_seconds=settings.resync_interval),
         CancelService(database),
         deletion,
+        Discovery(database, catalogue, settings.lease_duration),
     )
     dispatch_servicer = DispatchServicer(coordinator)
     blob_servicer = BlobServicer(

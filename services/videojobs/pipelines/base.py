@@ -20,6 +20,9 @@ class ParameterError(ValueError):
         self.violations = violations
 
 
+_JSON_SCHEMA_TYPES = {"bool": "boolean", "string": "string", "int": "integer", "float": "number"}
+
+
 @dataclass(frozen=True)
 class ParameterSpec:
     """One typed pipeline parameter."""
@@ -33,6 +36,21 @@ class ParameterSpec:
     # A rule the type cannot state (one of a set, a list of known names):
     # called with the typed value, raises ValueError saying what is wrong.
     check: Callable[[Any], object] | None = None
+
+    def json_schema(self) -> dict[str, Any]:
+        """This parameter as a JSON Schema property: type, limits, default,
+        description."""
+        schema: dict[str, Any] = {
+            "type": _JSON_SCHEMA_TYPES[self.type],
+            "description": self.description,
+        }
+        if self.minimum is not None:
+            schema["minimum"] = self.minimum
+        if self.maximum is not None:
+            schema["maximum"] = self.maximum
+        if self.default is not None:
+            schema["default"] = self.default
+        return schema
 
     def coerce(self, value: Any) -> Any:
         """Returns `value` as this parameter's type, checked; or raises ValueError."""
@@ -88,6 +106,16 @@ class PipelineSpec:
     # default, e.g. third-party pipelines) makes the catalogue load the
     # implementation to find out (`is_frame_pipeline`).
     analyses_frames: bool | None = None
+
+    def parameters_schema(self) -> dict[str, Any]:
+        """The JSON Schema of this pipeline's parameters object."""
+        return {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": f"{self.name} parameters",
+            "type": "object",
+            "properties": {p.name: p.json_schema() for p in self.parameters},
+            "additionalProperties": False,
+        }
 
     def validate(self, given: Mapping[str, Any], field_prefix: str = "parameters") -> dict:
         """Returns the full parameter set (defaults filled in), or raises ParameterError

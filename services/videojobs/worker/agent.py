@@ -93,6 +93,9 @@ class WorkerAgent:
         self.jobs: dict[str, RunningJob] = {}
         self.connected = False
         self.draining = False
+        # Where this worker serves WorkerService (set once bound), announced in
+        # the hello so job-service's ListWorkers can say where to reach it.
+        self.status_address = ""
         self.start_time = datetime.now(UTC)
         self._queue: asyncio.Queue | None = None
         self._backlog: list[pb.ConnectRequest] = []
@@ -253,6 +256,7 @@ class WorkerAgent:
                 held_leases=held,
                 version=VERSION,
                 draining=self.draining,
+                status_address=self.status_address,
             )
         )
         while True:

@@ -73,6 +73,7 @@ async def serve(settings: WorkerSettings, stop_requested: asyncio.Event) -> None
     health = add_health_and_reflection(server, SERVICE_NAMES)
     credentials = settings.tls.credentials() if settings.tls is not None else None
     address = bind(server, settings.listen, credentials)
+    agent.status_address = address
     await server.start()
     await mark_serving(health, SERVICE_NAMES)
     print(f"videojobs-worker: listening on {address}", flush=True)

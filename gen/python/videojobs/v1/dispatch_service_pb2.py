@@ -29,41 +29,41 @@ from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from videojobs.v1 import job_pb2 as videojobs_dot_v1_dot_job__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#videojobs/v1/dispatch_service.proto\x12\x0cvideojobs.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x16videojobs/v1/job.proto\"\x89\x03\n\x0e\x43onnectRequest\x12*\n\x05hello\x18\x01 \x01(\x0b\x32\x19.videojobs.v1.WorkerHelloH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.videojobs.v1.HeartbeatH\x00\x12\x33\n\x08progress\x18\x03 \x01(\x0b\x32\x1f.videojobs.v1.JobProgressReportH\x00\x12>\n\x0epartial_result\x18\x04 \x01(\x0b\x32$.videojobs.v1.JobPartialResultReportH\x00\x12\x37\n\ncompletion\x18\x05 \x01(\x0b\x32!.videojobs.v1.JobCompletionReportH\x00\x12\x31\n\x07\x66\x61ilure\x18\x06 \x01(\x0b\x32\x1e.videojobs.v1.JobFailureReportH\x00\x12\x31\n\x07stopped\x18\x07 \x01(\x0b\x32\x1e.videojobs.v1.JobStoppedReportH\x00\x42\t\n\x07payload\"\xa1\x01\n\x0f\x43onnectResponse\x12(\n\x07welcome\x18\x01 \x01(\x0b\x32\x15.videojobs.v1.WelcomeH\x00\x12.\n\nassignment\x18\x02 \x01(\x0b\x32\x18.videojobs.v1.AssignmentH\x00\x12)\n\x08stop_job\x18\x03 \x01(\x0b\x32\x15.videojobs.v1.StopJobH\x00\x42\t\n\x07payload\"\xa1\x01\n\x0bWorkerHello\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x11\n\tpipelines\x18\x02 \x03(\t\x12\x1b\n\x13max_concurrent_jobs\x18\x03 \x01(\x05\x12,\n\x0bheld_leases\x18\x04 \x03(\x0b\x32\x17.videojobs.v1.HeldLease\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x10\n\x08\x64raining\x18\x06 \x01(\x08\"0\n\tHeldLease\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\"G\n\tHeartbeat\x12(\n\x07running\x18\x01 \x03(\x0b\x32\x17.videojobs.v1.HeldLease\x12\x10\n\x08\x64raining\x18\x02 \x01(\x08\"b\n\x11JobProgressReport\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12(\n\x08progress\x18\x03 \x01(\x0b\x32\x16.videojobs.v1.Progress\"r\n\x16JobPartialResultReport\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\x33\n\x0epartial_result\x18\x03 \x01(\x0b\x32\x1b.videojobs.v1.PartialResult\"\xb5\x01\n\x13JobCompletionReport\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\x12\n\noutput_key\x18\x03 \x01(\t\x12)\n\tartifacts\x18\x04 \x03(\x0b\x32\x16.videojobs.v1.Artifact\x12(\n\x07summary\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08warnings\x18\x06 \x03(\t\"m\n\x10JobFailureReport\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12!\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.Status\x12\x11\n\tretryable\x18\x04 \x01(\x08\"7\n\x10JobStoppedReport\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\"s\n\x07Welcome\x12\x35\n\x12heartbeat_interval\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0elease_duration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xb0\x02\n\nAssignment\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x13\n\x0blease_token\x18\x03 \x01(\t\x12\x11\n\tinput_key\x18\x04 \x01(\t\x12\x10\n\x08pipeline\x18\x05 \x01(\t\x12+\n\nparameters\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x15\n\routput_prefix\x18\x07 \x01(\t\x12\x35\n\x11lease_expire_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12\x65xecution_deadline\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cinput_format\x18\n \x01(\t\"X\n\x07StopJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12(\n\x06reason\x18\x03 \x01(\x0e\x32\x18.videojobs.v1.StopReason*\x96\x01\n\nStopReason\x12\x1b\n\x17STOP_REASON_UNSPECIFIED\x10\x00\x12\x19\n\x15STOP_REASON_CANCELLED\x10\x01\x12\x1a\n\x16STOP_REASON_LEASE_LOST\x10\x02\x12\x19\n\x15STOP_REASON_JOB_ENDED\x10\x03\x12\x19\n\x15STOP_REASON_TIMED_OUT\x10\x04\x32]\n\x0f\x44ispatchService\x12J\n\x07\x43onnect\x12\x1c.videojobs.v1.ConnectRequest\x1a\x1d.videojobs.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#videojobs/v1/dispatch_service.proto\x12\x0cvideojobs.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x16videojobs/v1/job.proto\"\x89\x03\n\x0e\x43onnectRequest\x12*\n\x05hello\x18\x01 \x01(\x0b\x32\x19.videojobs.v1.WorkerHelloH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.videojobs.v1.HeartbeatH\x00\x12\x33\n\x08progress\x18\x03 \x01(\x0b\x32\x1f.videojobs.v1.JobProgressReportH\x00\x12>\n\x0epartial_result\x18\x04 \x01(\x0b\x32$.videojobs.v1.JobPartialResultReportH\x00\x12\x37\n\ncompletion\x18\x05 \x01(\x0b\x32!.videojobs.v1.JobCompletionReportH\x00\x12\x31\n\x07\x66\x61ilure\x18\x06 \x01(\x0b\x32\x1e.videojobs.v1.JobFailureReportH\x00\x12\x31\n\x07stopped\x18\x07 \x01(\x0b\x32\x1e.videojobs.v1.JobStoppedReportH\x00\x42\t\n\x07payload\"\xa1\x01\n\x0f\x43onnectResponse\x12(\n\x07welcome\x18\x01 \x01(\x0b\x32\x15.videojobs.v1.WelcomeH\x00\x12.\n\nassignment\x18\x02 \x01(\x0b\x32\x18.videojobs.v1.AssignmentH\x00\x12)\n\x08stop_job\x18\x03 \x01(\x0b\x32\x15.videojobs.v1.StopJobH\x00\x42\t\n\x07payload\"\xb9\x01\n\x0bWorkerHello\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x11\n\tpipelines\x18\x02 \x03(\t\x12\x1b\n\x13max_concurrent_jobs\x18\x03 \x01(\x05\x12,\n\x0bheld_leases\x18\x04 \x03(\x0b\x32\x17.videojobs.v1.HeldLease\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x10\n\x08\x64raining\x18\x06 \x01(\x08\x12\x16\n\x0estatus_address\x18\x07 \x01(\t\"0\n\tHeldLease\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\"G\n\tHeartbeat\x12(\n\x07running\x18\x01 \x03(\x0b\x32\x17.videojobs.v1.HeldLease\x12\x10\n\x08\x64raining\x18\x02 \x01(\x08\"b\n\x11JobProgressReport\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12(\n\x08progress\x18\x03 \x01(\x0b\x32\x16.videojobs.v1.Progress\"r\n\x16JobPartialResultReport\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\x33\n\x0epartial_result\x18\x03 \x01(\x0b\x32\x1b.videojobs.v1.PartialResult\"\xb5\x01\n\x13JobCompletionReport\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\x12\n\noutput_key\x18\x03 \x01(\t\x12)\n\tartifacts\x18\x04 \x03(\x0b\x32\x16.videojobs.v1.Artifact\x12(\n\x07summary\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08warnings\x18\x06 \x03(\t\"m\n\x10JobFailureReport\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12!\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.Status\x12\x11\n\tretryable\x18\x04 \x01(\x08\"7\n\x10JobStoppedReport\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\"s\n\x07Welcome\x12\x35\n\x12heartbeat_interval\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0elease_duration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xb0\x02\n\nAssignment\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x13\n\x0blease_token\x18\x03 \x01(\t\x12\x11\n\tinput_key\x18\x04 \x01(\t\x12\x10\n\x08pipeline\x18\x05 \x01(\t\x12+\n\nparameters\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x15\n\routput_prefix\x18\x07 \x01(\t\x12\x35\n\x11lease_expire_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12\x65xecution_deadline\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cinput_format\x18\n \x01(\t\"X\n\x07StopJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12(\n\x06reason\x18\x03 \x01(\x0e\x32\x18.videojobs.v1.StopReason*\x96\x01\n\nStopReason\x12\x1b\n\x17STOP_REASON_UNSPECIFIED\x10\x00\x12\x19\n\x15STOP_REASON_CANCELLED\x10\x01\x12\x1a\n\x16STOP_REASON_LEASE_LOST\x10\x02\x12\x19\n\x15STOP_REASON_JOB_ENDED\x10\x03\x12\x19\n\x15STOP_REASON_TIMED_OUT\x10\x04\x32]\n\x0f\x44ispatchService\x12J\n\x07\x43onnect\x12\x1c.videojobs.v1.ConnectRequest\x1a\x1d.videojobs.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'videojobs.v1.dispatch_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STOPREASON']._serialized_start=2127
-  _globals['_STOPREASON']._serialized_end=2277
+  _globals['_STOPREASON']._serialized_start=2151
+  _globals['_STOPREASON']._serialized_end=2301
   _globals['_CONNECTREQUEST']._serialized_start=198
   _globals['_CONNECTREQUEST']._serialized_end=591
   _globals['_CONNECTRESPONSE']._serialized_start=594
   _globals['_CONNECTRESPONSE']._serialized_end=755
   _globals['_WORKERHELLO']._serialized_start=758
-  _globals['_WORKERHELLO']._serialized_end=919
-  _globals['_HELDLEASE']._serialized_start=921
-  _globals['_HELDLEASE']._serialized_end=969
-  _globals['_HEARTBEAT']._serialized_start=971
-  _globals['_HEARTBEAT']._serialized_end=1042
-  _globals['_JOBPROGRESSREPORT']._serialized_start=1044
-  _globals['_JOBPROGRESSREPORT']._serialized_end=1142
-  _globals['_JOBPARTIALRESULTREPORT']._serialized_start=1144
-  _globals['_JOBPARTIALRESULTREPORT']._serialized_end=1258
-  _globals['_JOBCOMPLETIONREPORT']._serialized_start=1261
-  _globals['_JOBCOMPLETIONREPORT']._serialized_end=1442
-  _globals['_JOBFAILUREREPORT']._serialized_start=1444
-  _globals['_JOBFAILUREREPORT']._serialized_end=1553
-  _globals['_JOBSTOPPEDREPORT']._serialized_start=1555
-  _globals['_JOBSTOPPEDREPORT']._serialized_end=1610
-  _globals['_WELCOME']._serialized_start=1612
-  _globals['_WELCOME']._serialized_end=1727
-  _globals['_ASSIGNMENT']._serialized_start=1730
-  _globals['_ASSIGNMENT']._serialized_end=2034
-  _globals['_STOPJOB']._serialized_start=2036
-  _globals['_STOPJOB']._serialized_end=2124
-  _globals['_DISPATCHSERVICE']._serialized_start=2279
-  _globals['_DISPATCHSERVICE']._serialized_end=2372
+  _globals['_WORKERHELLO']._serialized_end=943
+  _globals['_HELDLEASE']._serialized_start=945
+  _globals['_HELDLEASE']._serialized_end=993
+  _globals['_HEARTBEAT']._serialized_start=995
+  _globals['_HEARTBEAT']._serialized_end=1066
+  _globals['_JOBPROGRESSREPORT']._serialized_start=1068
+  _globals['_JOBPROGRESSREPORT']._serialized_end=1166
+  _globals['_JOBPARTIALRESULTREPORT']._serialized_start=1168
+  _globals['_JOBPARTIALRESULTREPORT']._serialized_end=1282
+  _globals['_JOBCOMPLETIONREPORT']._serialized_start=1285
+  _globals['_JOBCOMPLETIONREPORT']._serialized_end=1466
+  _globals['_JOBFAILUREREPORT']._serialized_start=1468
+  _globals['_JOBFAILUREREPORT']._serialized_end=1577
+  _globals['_JOBSTOPPEDREPORT']._serialized_start=1579
+  _globals['_JOBSTOPPEDREPORT']._serialized_end=1634
+  _globals['_WELCOME']._serialized_start=1636
+  _globals['_WELCOME']._serialized_end=1751
+  _globals['_ASSIGNMENT']._serialized_start=1754
+  _globals['_ASSIGNMENT']._serialized_end=2058
+  _globals['_STOPJOB']._serialized_start=2060
+  _globals['_STOPJOB']._serialized_end=2148
+  _globals['_DISPATCHSERVICE']._serialized_start=2303
+  _globals['_DISPATCHSERVICE']._serialized_end=2396
 # @@protoc_insertion_point(module_scope)

@@ -56,20 +56,22 @@ class ConnectResponse(_message.Message):
     def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., stop_job: _Optional[_Union[StopJob, _Mapping]] = ...) -> None: ...
 
 class WorkerHello(_message.Message):
-    __slots__ = ("worker_id", "pipelines", "max_concurrent_jobs", "held_leases", "version", "draining")
+    __slots__ = ("worker_id", "pipelines", "max_concurrent_jobs", "held_leases", "version", "draining", "status_address")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     PIPELINES_FIELD_NUMBER: _ClassVar[int]
     MAX_CONCURRENT_JOBS_FIELD_NUMBER: _ClassVar[int]
     HELD_LEASES_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
+    STATUS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     pipelines: _containers.RepeatedScalarFieldContainer[str]
     max_concurrent_jobs: int
     held_leases: _containers.RepeatedCompositeFieldContainer[HeldLease]
     version: str
     draining: bool
-    def __init__(self, worker_id: _Optional[str] = ..., pipelines: _Optional[_Iterable[str]] = ..., max_concurrent_jobs: _Optional[int] = ..., held_leases: _Optional[_Iterable[_Union[HeldLease, _Mapping]]] = ..., version: _Optional[str] = ..., draining: _Optional[bool] = ...) -> None: ...
+    status_address: str
+    def __init__(self, worker_id: _Optional[str] = ..., pipelines: _Optional[_Iterable[str]] = ..., max_concurrent_jobs: _Optional[int] = ..., held_leases: _Optional[_Iterable[_Union[HeldLease, _Mapping]]] = ..., version: _Optional[str] = ..., draining: _Optional[bool] = ..., status_address: _Optional[str] = ...) -> None: ...
 
 class HeldLease(_message.Message):
     __slots__ = ("job_id", "lease_token")

@@ -77,6 +77,21 @@ class JobServiceStub:
                 request_serializer=videojobs_dot_v1_dot_job__service__pb2.DeleteJobRequest.SerializeToString,
                 response_deserializer=videojobs_dot_v1_dot_job__service__pb2.DeleteJobResponse.FromString,
                 _registered_method=True)
+        self.ListPipelines = channel.unary_unary(
+                '/videojobs.v1.JobService/ListPipelines',
+                request_serializer=videojobs_dot_v1_dot_job__service__pb2.ListPipelinesRequest.SerializeToString,
+                response_deserializer=videojobs_dot_v1_dot_job__service__pb2.ListPipelinesResponse.FromString,
+                _registered_method=True)
+        self.ListWorkers = channel.unary_unary(
+                '/videojobs.v1.JobService/ListWorkers',
+                request_serializer=videojobs_dot_v1_dot_job__service__pb2.ListWorkersRequest.SerializeToString,
+                response_deserializer=videojobs_dot_v1_dot_job__service__pb2.ListWorkersResponse.FromString,
+                _registered_method=True)
+        self.GetStats = channel.unary_unary(
+                '/videojobs.v1.JobService/GetStats',
+                request_serializer=videojobs_dot_v1_dot_job__service__pb2.GetStatsRequest.SerializeToString,
+                response_deserializer=videojobs_dot_v1_dot_job__service__pb2.GetStatsResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -201,6 +216,37 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListPipelines(self, request, context):
+        """Every pipeline this job-service accepts: its version, description and
+        parameters (a JSON Schema with types, limits, defaults and
+        descriptions), and the sampling parameters shared by frame pipelines.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWorkers(self, request, context):
+        """The workers connected to job-service (through any replica): what they
+        run, their slots, whether they drain, their last heartbeat and the jobs
+        they hold. A client sees only its own tenant's jobs among them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStats(self, request, context):
+        """Counts and timings of the jobs created in a recent window: by state and
+        by pipeline set, success rate, run duration and queue wait percentiles.
+        A client's figures cover its own tenant; an administrator's every
+        tenant, or the one named.
+
+        Errors: INVALID_ARGUMENT for a window that is negative or longer than
+        30 days.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -233,6 +279,21 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.DeleteJob,
                     request_deserializer=videojobs_dot_v1_dot_job__service__pb2.DeleteJobRequest.FromString,
                     response_serializer=videojobs_dot_v1_dot_job__service__pb2.DeleteJobResponse.SerializeToString,
+            ),
+            'ListPipelines': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPipelines,
+                    request_deserializer=videojobs_dot_v1_dot_job__service__pb2.ListPipelinesRequest.FromString,
+                    response_serializer=videojobs_dot_v1_dot_job__service__pb2.ListPipelinesResponse.SerializeToString,
+            ),
+            'ListWorkers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWorkers,
+                    request_deserializer=videojobs_dot_v1_dot_job__service__pb2.ListWorkersRequest.FromString,
+                    response_serializer=videojobs_dot_v1_dot_job__service__pb2.ListWorkersResponse.SerializeToString,
+            ),
+            'GetStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStats,
+                    request_deserializer=videojobs_dot_v1_dot_job__service__pb2.GetStatsRequest.FromString,
+                    response_serializer=videojobs_dot_v1_dot_job__service__pb2.GetStatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -410,6 +471,87 @@ class JobService:
             '/videojobs.v1.JobService/DeleteJob',
             videojobs_dot_v1_dot_job__service__pb2.DeleteJobRequest.SerializeToString,
             videojobs_dot_v1_dot_job__service__pb2.DeleteJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPipelines(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/videojobs.v1.JobService/ListPipelines',
+            videojobs_dot_v1_dot_job__service__pb2.ListPipelinesRequest.SerializeToString,
+            videojobs_dot_v1_dot_job__service__pb2.ListPipelinesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWorkers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/videojobs.v1.JobService/ListWorkers',
+            videojobs_dot_v1_dot_job__service__pb2.ListWorkersRequest.SerializeToString,
+            videojobs_dot_v1_dot_job__service__pb2.ListWorkersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/videojobs.v1.JobService/GetStats',
+            videojobs_dot_v1_dot_job__service__pb2.GetStatsRequest.SerializeToString,
+            videojobs_dot_v1_dot_job__service__pb2.GetStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -10,8 +10,8 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from videojobs.common import errors
 from videojobs.common.errors import ERROR_DOMAIN
-from videojobs.jobservice import domain, event_payloads
-from videojobs.v1 import job_pb2
+from videojobs.jobservice import discovery, domain, event_payloads
+from videojobs.v1 import job_pb2, job_service_pb2
 
 STATE_TO_PROTO = {
     domain.JobState.QUEUED: job_pb2.JOB_STATE_QUEUED,
@@ -205,3 +205,49 @@ def event(value: domain.JobEvent) -> job_pb2.JobEvent:
         case event_payloads.Cancelled(reason):
             message.cancelled.reason = reason
     return message
+
+
+def pipeline_info(value: discovery.PipelineDescription) -> job_service_pb2.PipelineInfo:
+    """A pipeline of the catalogue, for ListPipelines."""
+    spec = value.spec
+    return job_service_pb2.PipelineInfo(
+        name=spec.name,
+        version=spec.version,
+        description=spec.description,
+        parameters_schema=struct(spec.parameters_schema()),
+        analyses_frames=value.analyses_frames,
+        default_execution_timeout=duration(spec.default_execution_timeout_seconds),
+    )
+
+
+def worker_info(value: discovery.ConnectedWorker) -> job_service_pb2.WorkerInfo:
+    """A connected worker, for ListWorkers."""
+    return job_service_pb2.WorkerInfo(
+        worker_id=value.worker_id,
+        status_address=value.status_address,
+        version=value.version,
+        pipelines=value.pipelines,
+        slots=value.slots,
+        slots_used=value.slots_used,
+        draining=value.draining,
+        connect_time=timestamp(value.connected_at),
+        last_heartbeat_time=timestamp(value.last_seen_at),
+        job_ids=value.job_ids,
+    )
+
+
+def job_stats(value: discovery.JobFigures) -> job_service_pb2.JobStats:
+    """Counts and timings of a set of jobs, for GetStats."""
+    return job_service_pb2.JobStats(
+        pipeline=value.pipeline,
+        counts=[
+            job_service_pb2.StateCount(state=STATE_TO_PROTO[state], count=value.counts[state])
+            for state in STATE_TO_PROTO
+            if value.counts[state]
+        ],
+        success_rate=value.success_rate,
+        duration_p50=duration(discovery.percentile(value.durations, 0.5)),
+        duration_p95=duration(discovery.percentile(value.durations, 0.95)),
+        queue_wait_p50=duration(discovery.percentile(value.queue_waits, 0.5)),
+        queue_wait_p95=duration(discovery.percentile(value.queue_waits, 0.95)),
+    )

@@ -35,6 +35,7 @@ from videojobs.jobservice.limits import (
     MAX_LEASE_TOKEN_CHARS,
     MAX_MEDIA_TYPE_CHARS,
     MAX_PIPELINE_NAME_CHARS,
+    MAX_STATUS_ADDRESS_CHARS,
 )
 from videojobs.jobservice.notices import StopReason
 from videojobs.storage import InvalidStorageKey, StorageKey
@@ -122,6 +123,7 @@ class DispatchServicer(dispatch_service_pb2_grpc.DispatchServiceServicer):
                     held_leases=held,
                     version=hello.version,
                     draining=hello.draining,
+                    status_address=clean_text(hello.status_address, MAX_STATUS_ADDRESS_CHARS + 1),
                 ),
             )
         )

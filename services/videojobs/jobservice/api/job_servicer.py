@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 from videojobs.common import errors
 from videojobs.common.auth import current_principal
 from videojobs.common.grpc_errors import maps_service_errors
 from videojobs.jobservice.api import convert
 from videojobs.jobservice.cancel import CancelService
+from videojobs.jobservice.discovery import Discovery
 from videojobs.jobservice.events import EventFeed
 from videojobs.jobservice.limits import MAX_LIST_PAGE_BYTES
 from videojobs.jobservice.queries import JobQueries
@@ -28,12 +30,14 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         feed: EventFeed,
         cancel: CancelService,
         deletion: JobDeletion,
+        discovery: Discovery,
     ) -> None:
         self._submit = submit
         self._queries = queries
         self._feed = feed
         self._cancel = cancel
         self._deletion = deletion
+        self._discovery = discovery
         self.accepting_submits = True
 
     @maps_service_errors
@@ -124,6 +128,36 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def DeleteJob(self, request, context) -> job_service_pb2.DeleteJobResponse:
         removed = await self._deletion.delete(request.job_id, current_principal())
         return job_service_pb2.DeleteJobResponse(deleted_blobs=removed)
+
+    @maps_service_errors
+    async def ListPipelines(self, request, context) -> job_service_pb2.ListPipelinesResponse:
+        return job_service_pb2.ListPipelinesResponse(
+            pipelines=[convert.pipeline_info(p) for p in self._discovery.pipelines()],
+            sampling_parameters_schema=convert.struct(
+                self._discovery.sampling_spec().parameters_schema()
+            ),
+        )
+
+    @maps_service_errors
+    async def ListWorkers(self, request, context) -> job_service_pb2.ListWorkersResponse:
+        workers = await self._discovery.workers(current_principal())
+        return job_service_pb2.ListWorkersResponse(
+            workers=[convert.worker_info(w) for w in workers]
+        )
+
+    @maps_service_errors
+    async def GetStats(self, request, context) -> job_service_pb2.GetStatsResponse:
+        seconds = convert.seconds_or_none(request, "window", "window")
+        statistics = await self._discovery.statistics(
+            None if seconds is None else timedelta(seconds=seconds),
+            request.tenant,
+            current_principal(),
+        )
+        return job_service_pb2.GetStatsResponse(
+            window_start=convert.timestamp(statistics.window_start),
+            total=convert.job_stats(statistics.total),
+            pipelines=[convert.job_stats(figures) for figures in statistics.pipelines],
+        )
 
 
 async def _chunks(request_iterator) -> AsyncIterator[bytes]:

@@ -61,10 +61,14 @@ from videojobs.jobservice.reports import (
     json_depth,
 )
 from videojobs.jobservice.store import Database, JobRepository
-from videojobs.jobservice.store.models import JobRow
+from videojobs.jobservice.store.models import JobRow, WorkerSessionRow
 from videojobs.storage import BlobStore, StorageKey
 
 log = logging.getLogger(__name__)
+
+# A worker-session row no heartbeat touched for this long belongs to a replica
+# that died without closing it: the next session to open removes it.
+FORGET_WORKER_SESSIONS_AFTER = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -174,7 +178,22 @@ class DispatchCoordinator:
         check_worker_identity(hello.worker_id, principal)
         session = WorkerSession(hello=hello, draining=hello.draining)
         expiry = utc_now() + timedelta(seconds=self.settings.lease_duration)
+        now = utc_now()
         async with self._database.transaction() as repository:
+            await repository.open_worker_session(
+                WorkerSessionRow(
+                    session_id=session.session_id,
+                    worker_id=hello.worker_id,
+                    status_address=hello.status_address,
+                    version=hello.version,
+                    pipelines=sorted(hello.pipelines),
+                    slots=hello.max_concurrent_jobs,
+                    draining=hello.draining,
+                    connected_at=now,
+                    last_seen_at=now,
+                ),
+                forget_before=now - FORGET_WORKER_SESSIONS_AFTER,
+            )
             announced = {token for token in hello.held_leases.values()}
             rows = {row.job_id: row for row in await repository.running_on_tokens(announced)}
             for row in await repository.running_for_worker(hello.worker_id):
@@ -218,9 +237,10 @@ class DispatchCoordinator:
         written now (a full database), their leases expire instead."""
         self._sessions.remove(session)
         session.cancel_timers()
-        if requeue:
-            try:
-                async with self._database.transaction() as repository:
+        try:
+            async with self._database.transaction() as repository:
+                await repository.close_worker_session(session.session_id)
+                if requeue:
                     for row in await repository.running_in_session(session.session_id):
                         await lifecycle.lose_attempt(
                             repository,
@@ -228,8 +248,8 @@ class DispatchCoordinator:
                             f"worker {session.worker_id} disconnected",
                             policy=self._policy,
                         )
-            except Exception as exc:  # noqa: BLE001 - the lease reaper requeues them later
-                self._requeue_failures.failed(exc)
+        except Exception as exc:  # noqa: BLE001 - the lease reaper requeues them later
+            self._requeue_failures.failed(exc)
         log.info("worker %s disconnected (session %s)", session.worker_id, session.session_id)
         self.dispatcher.wake()
 
@@ -251,9 +271,11 @@ class DispatchCoordinator:
                 # The worker runs something that is not (or no longer) its
                 # lease, and nobody told it to stop yet.
                 session.outbox.put_nowait(StopOrder(job_id, token, StopReason.LEASE_LOST))
-        expiry = utc_now() + timedelta(seconds=self.settings.lease_duration)
+        now = utc_now()
+        expiry = now + timedelta(seconds=self.settings.lease_duration)
         async with self._database.transaction() as repository:
             await repository.renew_leases(session.leases.values(), expiry)
+            await repository.touch_worker_session(session.session_id, now, draining)
 
     async def report_progress(
         self, session: WorkerSession, job_id: str, token: str, fraction: float, stage: str

@@ -23,6 +23,7 @@ from videojobs.jobservice.limits import (
     MAX_ANNOUNCED_PIPELINES,
     MAX_HELD_LEASES,
     MAX_PIPELINE_NAME_CHARS,
+    MAX_STATUS_ADDRESS_CHARS,
     MAX_WORKER_VERSION_CHARS,
 )
 from videojobs.jobservice.notices import StopReason
@@ -53,6 +54,8 @@ class WorkerHello:
     held_leases: dict[str, str] = field(default_factory=dict)  # job_id -> lease_token
     version: str = ""
     draining: bool = False
+    # Where the worker serves WorkerService (for ListWorkers); may be empty.
+    status_address: str = ""
 
 
 # Put in a session's outbox when a newer session of its worker id replaced it.
@@ -224,6 +227,10 @@ def validate_hello(hello: WorkerHello) -> None:
         violations.append(("hello.held_leases", f"at most {MAX_HELD_LEASES}"))
     if len(hello.version) > MAX_WORKER_VERSION_CHARS:
         violations.append(("hello.version", f"at most {MAX_WORKER_VERSION_CHARS} characters"))
+    if len(hello.status_address) > MAX_STATUS_ADDRESS_CHARS:
+        violations.append(
+            ("hello.status_address", f"at most {MAX_STATUS_ADDRESS_CHARS} characters")
+        )
     if not 1 <= hello.max_concurrent_jobs <= MAX_CONCURRENT_JOBS:
         violations.append(("hello.max_concurrent_jobs", f"must be 1 to {MAX_CONCURRENT_JOBS}"))
     if violations:

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -214,3 +215,27 @@ class StagedUploadRow(Base):
     key: Mapped[str] = mapped_column(String(128), primary_key=True)
     tenant: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class WorkerSessionRow(Base):
+    """An open dispatch stream of a worker, on whichever replica holds it
+    (0009): written when it opens, touched by each heartbeat, removed when it
+    ends. ListWorkers reads these; a row no heartbeat touched for a lease's
+    duration belongs to a replica that died and is left out."""
+
+    __tablename__ = "worker_sessions"
+
+    session_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    worker_id: Mapped[str] = mapped_column(String(128))
+    status_address: Mapped[str] = mapped_column(String(256))
+    version: Mapped[str] = mapped_column(String(64))
+    pipelines: Mapped[list[str]] = mapped_column(JSON)
+    slots: Mapped[int] = mapped_column(Integer)
+    draining: Mapped[bool] = mapped_column(Boolean)
+    connected_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    last_seen_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (
+        Index("ix_worker_sessions_worker_id", "worker_id"),
+        Index("ix_worker_sessions_last_seen_at", "last_seen_at"),
+    )

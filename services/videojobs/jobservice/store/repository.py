@@ -35,6 +35,7 @@ from videojobs.jobservice.store.models import (
     JobRow,
     StagedUploadRow,
     UtcDateTime,
+    WorkerSessionRow,
 )
 from videojobs.storage import StorageKey
 
@@ -247,6 +248,73 @@ class JobRepository:
             .with_for_update()
         )
         return list((await self.session.execute(statement)).scalars().all())
+
+    # -- worker sessions (ListWorkers) -----------------------------------------
+
+    async def open_worker_session(self, row: WorkerSessionRow, forget_before: datetime) -> None:
+        """Records a newly opened dispatch session; drops rows last touched
+        before `forget_before` (sessions of a replica that died)."""
+        await self.session.execute(
+            delete(WorkerSessionRow).where(WorkerSessionRow.last_seen_at < forget_before)
+        )
+        self.session.add(row)
+
+    async def touch_worker_session(
+        self, session_id: str, seen_at: datetime, draining: bool
+    ) -> None:
+        """A heartbeat of the session: when it was heard and whether it drains."""
+        await self.session.execute(
+            update(WorkerSessionRow)
+            .where(WorkerSessionRow.session_id == session_id)
+            .values(last_seen_at=seen_at, draining=draining)
+        )
+
+    async def close_worker_session(self, session_id: str) -> None:
+        """Forgets a session that ended."""
+        await self.session.execute(
+            delete(WorkerSessionRow).where(WorkerSessionRow.session_id == session_id)
+        )
+
+    async def worker_sessions(self, seen_since: datetime) -> list[WorkerSessionRow]:
+        """Sessions heard from at or after `seen_since`, by worker id."""
+        statement = (
+            select(WorkerSessionRow)
+            .where(WorkerSessionRow.last_seen_at >= seen_since)
+            .order_by(WorkerSessionRow.worker_id, WorkerSessionRow.connected_at)
+        )
+        return list((await self.session.execute(statement)).scalars().all())
+
+    async def running_jobs_by_session(self) -> list[tuple[str, str, str]]:
+        """(session id, job id, tenant) of every running job."""
+        statement = select(JobRow.lease_session, JobRow.job_id, JobRow.tenant).where(
+            JobRow.state == JobState.RUNNING.value, JobRow.lease_session.is_not(None)
+        )
+        return [tuple(row) for row in (await self.session.execute(statement)).all()]
+
+    # -- statistics (GetStats) --------------------------------------------------
+
+    async def job_timings(
+        self, created_since: datetime, tenant: str | None
+    ) -> list[tuple[str, str, datetime, datetime | None, datetime | None, datetime | None]]:
+        """(pipeline set, state, created, first attempt's start, last start,
+        end) of each job created at or after `created_since` (of `tenant`, or
+        every tenant for None)."""
+        first_start = (
+            select(func.min(AttemptRow.started_at))
+            .where(AttemptRow.job_id == JobRow.job_id)
+            .scalar_subquery()
+        )
+        statement = select(
+            JobRow.pipeline,
+            JobRow.state,
+            JobRow.created_at,
+            type_coerce(first_start, UtcDateTime),
+            JobRow.started_at,
+            JobRow.ended_at,
+        ).where(JobRow.created_at >= created_since)
+        if tenant is not None:
+            statement = statement.where(JobRow.tenant == tenant)
+        return [tuple(row) for row in (await self.session.execute(statement)).all()]
 
     async def next_claimable(self, pipelines: Iterable[str], now: datetime) -> JobRow | None:
         """The first queued job (smallest dispatch rank, not backing off) whose
