@@ -146,6 +146,27 @@ async def delete_job(world: World, caller: Caller) -> None:
     )
 
 
+async def list_pipelines(world: World, caller: Caller) -> None:
+    response = await world.stubs.jobs.ListPipelines(
+        js.ListPipelinesRequest(), metadata=world.credentials(caller)
+    )
+    assert {p.name for p in response.pipelines} >= {"probe", "ocr"}
+
+
+async def list_workers(world: World, caller: Caller) -> None:
+    response = await world.stubs.jobs.ListWorkers(
+        js.ListWorkersRequest(), metadata=world.credentials(caller)
+    )
+    assert "w1:lease" in {w.worker_id for w in response.workers}
+
+
+async def get_stats(world: World, caller: Caller) -> None:
+    response = await world.stubs.jobs.GetStats(
+        js.GetStatsRequest(), metadata=world.credentials(caller)
+    )
+    assert response.total.counts
+
+
 async def read(world: World, caller: Caller) -> None:
     data = await read_blob(world.stubs, world.credentials(caller), world.lease.input_key)
     assert data == world.sample
@@ -204,6 +225,9 @@ CALLS: dict[str, Callable[[World, Caller], Awaitable[None]]] = {
     "JobService/ListJobs": list_jobs,
     "JobService/CancelJob": cancel_job,
     "JobService/DeleteJob": delete_job,
+    "JobService/ListPipelines": list_pipelines,
+    "JobService/ListWorkers": list_workers,
+    "JobService/GetStats": get_stats,
     "BlobService/Read": read,
     "BlobService/Write": write,
     "BlobService/QueryWriteStatus": query_write_status,

@@ -37,7 +37,15 @@ from videojobs.jobservice.event_payloads import (
     StateChanged,
 )
 from videojobs.jobservice.lifecycle import IllegalState, RetryPolicy
-from videojobs.jobservice.notices import JobsQueued, LeaseGranted, Notice, StopLease, StopReason
+from videojobs.jobservice.notices import (
+    AttemptStarted,
+    JobsQueued,
+    LeaseExpired,
+    LeaseGranted,
+    Notice,
+    StopLease,
+    StopReason,
+)
 from videojobs.jobservice.store.models import JobRow
 from videojobs.storage import StorageKey
 
@@ -99,6 +107,7 @@ class FakeJobStore:
     attempts: dict[tuple[str, int], AttemptRecord] = field(default_factory=dict)
     artifacts: dict[str, list[Artifact]] = field(default_factory=dict)
     notices: list[Notice] = field(default_factory=list)
+    metric_notices: list[Notice] = field(default_factory=list)
 
     async def add(self, row: JobRow) -> None:
         assert row.job_id not in self.rows, f"job {row.job_id} inserted twice"
@@ -149,7 +158,11 @@ class FakeJobStore:
         self.artifacts[row.job_id] = list(artifacts)
 
     def notify(self, notice: Notice) -> None:
-        self.notices.append(notice)
+        # Metrics notices are checked on their own (test_metrics_notices).
+        if isinstance(notice, AttemptStarted | LeaseExpired):
+            self.metric_notices.append(notice)
+        else:
+            self.notices.append(notice)
 
     # -- test helpers -------------------------------------------------------
 
@@ -956,3 +969,39 @@ async def test_adopt_moves_the_lease_to_the_new_session_without_an_event(
     )
     assert row.lease_token == token and row.state == JobState.RUNNING.value
     assert store.snapshot() == stored
+
+
+# -- metrics notices ----------------------------------------------------------
+
+
+async def test_metrics_notices_time_the_queue_and_the_dispatch(
+    store: FakeJobStore, clock: Clock
+) -> None:
+    row = await job_in(store, JobState.QUEUED)
+    clock.advance(5)
+    do_assign(store, row)
+    first = AttemptStarted(JOB_ID, 1, "ocr", dispatch_seconds=5.0, queue_wait_seconds=5.0)
+    assert store.metric_notices == [first]
+
+    # Its lease expires 40 s later: requeued at once, assigned again 3 s later.
+    clock.advance(40)
+    await lifecycle.expire_lease(store, row, POLICY)
+    assert store.metric_notices[1] == LeaseExpired(JOB_ID, 1)
+    assert row.state == JobState.QUEUED.value
+    clock.advance(3)
+    do_assign(store, row)
+    # Dispatch latency counts from the requeue; no queue wait after the first attempt.
+    assert store.metric_notices[2] == AttemptStarted(
+        JOB_ID, 2, "ocr", dispatch_seconds=3.0, queue_wait_seconds=None
+    )
+
+
+async def test_dispatch_latency_of_a_retry_counts_from_the_end_of_its_backoff(
+    store: FakeJobStore, clock: Clock
+) -> None:
+    row = await job_in(store, JobState.QUEUED)
+    clock.advance(2)
+    row.available_at = clock() + timedelta(seconds=10)  # backing off until then
+    clock.advance(10 + 4)
+    do_assign(store, row)
+    assert store.metric_notices[-1].dispatch_seconds == 4.0

@@ -36,6 +36,7 @@ from videojobs.jobservice.domain import (
     job_id_of,
 )
 from videojobs.jobservice.limits import MAX_CHUNK_BYTES, MAX_LEASE_TOKEN_CHARS
+from videojobs.jobservice.metrics import UPLOAD_BYTES
 from videojobs.jobservice.store import Database
 from videojobs.jobservice.upload_admission import StorageBudget, UploadAdmission
 from videojobs.pipelines.containers import (
@@ -380,6 +381,7 @@ class BlobAccess:
                     data, pending = pending, b""
                 if data:
                     await asyncio.to_thread(writer.write, data)
+                    UPLOAD_BYTES.inc(len(data))
                     if reservation is not None:
                         await reservation.wrote(writer.size_bytes)
                 if writer.size_bytes - last_checkpoint >= CHECKPOINT_EVERY_BYTES:

@@ -44,7 +44,15 @@ from videojobs.jobservice.event_payloads import (
     Progress,
     StateChanged,
 )
-from videojobs.jobservice.notices import JobsQueued, LeaseGranted, Notice, StopLease, StopReason
+from videojobs.jobservice.notices import (
+    AttemptStarted,
+    JobsQueued,
+    LeaseExpired,
+    LeaseGranted,
+    Notice,
+    StopLease,
+    StopReason,
+)
 from videojobs.jobservice.store.models import JobRow
 from videojobs.storage import StorageKey
 
@@ -167,6 +175,18 @@ def assign(
     """QUEUED -> RUNNING: the job's current attempt is leased to `worker_id`'s
     session until `lease_expires_at` (renewed by heartbeats)."""
     now = now or utc_now()
+    # Queued (or back from a retry's backoff) since: the row's last change,
+    # or the end of its backoff.
+    eligible_since = max(row.updated_at, row.available_at or row.updated_at)
+    store.notify(
+        AttemptStarted(
+            row.job_id,
+            row.attempt,
+            row.pipeline,
+            dispatch_seconds=max(0.0, (now - eligible_since).total_seconds()),
+            queue_wait_seconds=(now - row.created_at).total_seconds() if row.attempt == 1 else None,
+        )
+    )
     _move(store, row, JobState.RUNNING, f"assigned to worker {worker_id}", now)
     row.worker_id = worker_id
     row.lease_session = session_id
@@ -320,6 +340,7 @@ async def expire_lease(store: JobStore, row: JobRow, policy: RetryPolicy) -> Non
     """The lease ran out without a heartbeat: the attempt is lost, and the
     session still holding it (a hung worker) is told to stop."""
     token = row.lease_token
+    store.notify(LeaseExpired(row.job_id, row.attempt))
     await lose_attempt(store, row, f"lease of worker {row.worker_id} expired", policy=policy)
     if token:
         store.notify(StopLease(row.job_id, token, StopReason.LEASE_EXPIRED))

@@ -87,6 +87,43 @@ class Resync:
     """Notices may have been missed (the listener reconnected): re-read everything."""
 
 
+@dataclass(frozen=True)
+class AttemptStarted:
+    """A job's attempt was assigned to a worker. This process only (metrics)."""
+
+    job_id: str
+    attempt: int
+    pipeline: str
+    # From when the job could be given to a worker (queued, or its retry
+    # backoff over) to its assignment.
+    dispatch_seconds: float
+    # From submit to the first attempt's start; None for later attempts.
+    queue_wait_seconds: float | None
+
+
+@dataclass(frozen=True)
+class AttemptEnded:
+    """A job's attempt ended (`outcome` an AttemptOutcome value). This
+    process only (metrics)."""
+
+    job_id: str
+    attempt: int
+    pipeline: str
+    outcome: str
+    run_seconds: float
+
+
+@dataclass(frozen=True)
+class LeaseExpired:
+    """A worker's lease on a job ran out. This process only (metrics)."""
+
+    job_id: str
+    attempt: int
+
+
+# Notices delivered in the committing process only, never sent to other replicas.
+LOCAL_NOTICES = (EventsCommitted, AttemptStarted, AttemptEnded, LeaseExpired)
+
 Notice = (
     JobsQueued
     | LeaseGranted
@@ -95,6 +132,9 @@ Notice = (
     | StopLease
     | WorkerConnected
     | Resync
+    | AttemptStarted
+    | AttemptEnded
+    | LeaseExpired
 )
 
 
@@ -137,7 +177,7 @@ def _as_items(notice: Notice) -> Iterator[list]:
             yield ["w", worker_id, session_id]
         case Resync():
             yield ["r"]
-        case EventsCommitted():
+        case EventsCommitted() | AttemptStarted() | AttemptEnded() | LeaseExpired():
             return  # this process only
 
 

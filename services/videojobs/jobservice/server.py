@@ -18,7 +18,9 @@ from videojobs.common.grpc_server import (
     mark_not_serving,
     mark_serving,
 )
+from videojobs.common.metrics import MetricsEndpoint, MetricsInterceptor, serve_metrics
 from videojobs.common.security import ServerTls, check_exposure, server_tls
+from videojobs.jobservice import metrics as job_metrics
 from videojobs.jobservice.api.access import JOB_SERVICE_POLICY
 from videojobs.jobservice.api.blob_servicer import BlobServicer
 from videojobs.jobservice.api.dispatch_servicer import DispatchServicer
@@ -28,6 +30,7 @@ from videojobs.jobservice.cancel import CancelService
 from videojobs.jobservice.discovery import Discovery
 from videojobs.jobservice.dispatch import DispatchCoordinator
 from videojobs.jobservice.events import EventFeed, EventHub
+from videojobs.jobservice.metrics import QueueDepthRefresher
 from videojobs.jobservice.notifier import default_notifier
 from videojobs.jobservice.queries import JobQueries, PageTokens
 from videojobs.jobservice.retention import JobDeletion
@@ -72,6 +75,9 @@ class JobServiceApp:
     blob_store: object
     tls: ServerTls | None = None
     address: str = ""
+    metrics_address: str = ""
+    _metrics_endpoint: MetricsEndpoint | None = None
+    _queue_depth: QueueDepthRefresher | None = None
 
     async def start(self) -> str:
         """Migrates the database, binds, starts serving; returns the bound address.
@@ -89,6 +95,11 @@ class JobServiceApp:
         await self.coordinator.start()
         self.sweeper.start()
         self.deletion.start(self.settings.retention_interval)
+        if self.settings.metrics_listen:
+            self._metrics_endpoint = serve_metrics(self.settings.metrics_listen)
+            self.metrics_address = self._metrics_endpoint.address
+            self._queue_depth = QueueDepthRefresher(self.database)
+            self._queue_depth.start()
         await mark_serving(self.health, SERVICE_NAMES)
         log.info("job-service listening on %s", self.address)
         return self.address
@@ -102,6 +113,10 @@ class JobServiceApp:
         await self.server.stop(self.settings.shutdown_grace)
         await self.sweeper.stop()
         await self.deletion.stop()
+        if self._queue_depth is not None:
+            await self._queue_depth.stop()
+        if self._metrics_endpoint is not None:
+            await asyncio.to_thread(self._metrics_endpoint.stop)
         await self.coordinator.stop()
         await self.database.notifier.close()
         await self.database.dispose()
@@ -158,8 +173,11 @@ def build_job_service(settings: JobServiceSettings) -> JobServiceApp:
         ),
         settings.upload_idle_timeout,
     )
+    database.notifier.subscribe(job_metrics.record)
+    job_metrics.watch_sessions(lambda: coordinator.sessions)
     server = grpc.aio.server(
-        options=SERVER_OPTIONS, interceptors=[AuthInterceptor(registry, JOB_SERVICE_POLICY)]
+        options=SERVER_OPTIONS,
+        interceptors=[MetricsInterceptor(), AuthInterceptor(registry, JOB_SERVICE_POLICY)],
     )
     job_service_pb2_grpc.add_JobServiceServicer_to_server(job_servicer, server)
     dispatch_service_pb2_grpc.add_DispatchServiceServicer_to_server(dispatch_servicer, server)
@@ -185,6 +203,8 @@ async def serve(settings: JobServiceSettings, stop_event: asyncio.Event) -> None
     """Runs job-service until `stop_event` is set."""
     app = build_job_service(settings)
     address = await app.start()
+    if app.metrics_address:
+        print(f"videojobs-server: metrics on http://{app.metrics_address}/metrics", flush=True)
     print(f"videojobs-server: listening on {address}", flush=True)
     try:
         await stop_event.wait()

@@ -192,6 +192,11 @@ class JobServiceSettings:
         "seconds a finished staged upload (uploads/...) waits for a SubmitVideo before a "
         "sweep removes it",
     )
+    metrics_listen: str = _setting(
+        "",
+        "VIDEOJOBS_METRICS_LISTEN",
+        "HOST:PORT of the Prometheus /metrics HTTP endpoint (port 0 picks one; default: off)",
+    )
     auth_file: str = _setting(
         "",
         "VIDEOJOBS_AUTH_FILE",

@@ -41,6 +41,7 @@ from videojobs.jobservice.domain import (
     utc_now,
 )
 from videojobs.jobservice.limits import MAX_CHUNK_BYTES, MAX_REQUEST_ID_CHARS, UploadLimits
+from videojobs.jobservice.metrics import UPLOAD_BYTES
 from videojobs.jobservice.store import Database
 from videojobs.jobservice.store.models import JobRow
 from videojobs.jobservice.upload_admission import StorageBudget, UploadAdmission
@@ -258,6 +259,7 @@ class SubmitService:
                     writer = await asyncio.to_thread(self._blob_store.open_writer, staged)
                     chunk, head = head, b""
                 await asyncio.to_thread(writer.write, chunk)
+                UPLOAD_BYTES.inc(len(chunk))
                 await reservation.wrote(writer.size_bytes)
             if container is None:
                 if not head:
@@ -267,6 +269,7 @@ class SubmitService:
                 container = _identify(head)
                 writer = await asyncio.to_thread(self._blob_store.open_writer, staged)
                 await asyncio.to_thread(writer.write, head)
+                UPLOAD_BYTES.inc(len(head))
             size, sha256 = writer.size_bytes, writer.sha256_hex()
             self._check_received(header, size, sha256)
             await asyncio.to_thread(writer.commit)

@@ -30,6 +30,7 @@ from videojobs.common.errors import ERROR_DOMAIN
 from videojobs.storage import InvalidStorageKey, StorageKey
 from videojobs.v1 import dispatch_service_pb2 as pb
 from videojobs.v1 import dispatch_service_pb2_grpc, job_pb2
+from videojobs.worker.metrics import WORKER_JOB_DURATION, WORKER_JOBS
 from videojobs.worker.pool import ChildPool
 from videojobs.worker.protocol import ChildTask
 from videojobs.worker.runner import RunningJob, run_child
@@ -312,6 +313,7 @@ class WorkerAgent:
     async def _run_job(self, job: RunningJob, assignment: pb.Assignment) -> None:
         token = job.lease_token
         log.info("job %s attempt %d: running %s", job.job_id, job.attempt, job.pipeline)
+        started = time.monotonic()
         try:
             try:
                 input_key = StorageKey(assignment.input_key)
@@ -353,6 +355,8 @@ class WorkerAgent:
                 self._unconfirmed[job.job_id] = (token, message, time.monotonic())
             self._send(message)
             log.info("job %s attempt %d: %s", job.job_id, job.attempt, line["type"])
+            WORKER_JOBS.labels(job.pipeline, line["type"]).inc()
+            WORKER_JOB_DURATION.labels(job.pipeline).observe(time.monotonic() - started)
         finally:
             self.jobs.pop(job.lease_token, None)
             if not self.jobs:

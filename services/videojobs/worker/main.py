@@ -19,10 +19,12 @@ from videojobs.common.grpc_server import (
     bind,
     mark_serving,
 )
+from videojobs.common.metrics import MetricsInterceptor, serve_metrics
 from videojobs.common.security import SecurityConfigError, check_exposure
 from videojobs.pipelines import builtin_catalogue
 from videojobs.v1 import worker_service_pb2, worker_service_pb2_grpc
 from videojobs.worker.agent import WorkerAgent
+from videojobs.worker.metrics import watch_agent
 from videojobs.worker.servicer import WorkerServicer
 from videojobs.worker.settings import WorkerSettings, parse_settings
 
@@ -65,7 +67,8 @@ async def serve(settings: WorkerSettings, stop_requested: asyncio.Event) -> None
     registry = AuthRegistry(settings.auth_file) if settings.auth_file else None
     agent = WorkerAgent(settings, resolve_pipelines(settings), on_replaced=stop_requested.set)
     server = grpc.aio.server(
-        options=SERVER_OPTIONS, interceptors=[AuthInterceptor(registry, WORKER_SERVICE_POLICY)]
+        options=SERVER_OPTIONS,
+        interceptors=[MetricsInterceptor(), AuthInterceptor(registry, WORKER_SERVICE_POLICY)],
     )
     worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(
         WorkerServicer(agent, stop_requested), server
@@ -74,6 +77,11 @@ async def serve(settings: WorkerSettings, stop_requested: asyncio.Event) -> None
     credentials = settings.tls.credentials() if settings.tls is not None else None
     address = bind(server, settings.listen, credentials)
     agent.status_address = address
+    metrics_endpoint = None
+    if settings.metrics_listen:
+        watch_agent(lambda: len(agent.jobs), settings.concurrency, lambda: agent.connected)
+        metrics_endpoint = serve_metrics(settings.metrics_listen)
+        print(f"videojobs-worker: metrics on http://{metrics_endpoint.address}/metrics", flush=True)
     await server.start()
     await mark_serving(health, SERVICE_NAMES)
     print(f"videojobs-worker: listening on {address}", flush=True)
@@ -91,6 +99,8 @@ async def serve(settings: WorkerSettings, stop_requested: asyncio.Event) -> None
     await agent.drain(settings.drain_grace)
     await session
     await server.stop(1.0)
+    if metrics_endpoint is not None:
+        await asyncio.to_thread(metrics_endpoint.stop)
     log.info("worker %s stopped", settings.worker_id)
 
 

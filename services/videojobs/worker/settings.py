@@ -66,6 +66,8 @@ class WorkerSettings:
     spool_dir: str = ""
     # How it reaches job-service: its token and TLS (see common.security).
     client_security: ClientSecurity = field(default_factory=ClientSecurity)
+    # HOST:PORT of the Prometheus /metrics endpoint; empty: off.
+    metrics_listen: str = ""
     # Its own server (WorkerService): who may call it and its TLS.
     auth_file: str = ""
     tls: ServerTls | None = None
@@ -121,6 +123,14 @@ def parse_settings(argv: list[str] | None = None) -> WorkerSettings:
         "VIDEOJOBS_WORKER_LISTEN",
         DEFAULT_WORKER_LISTEN,
         "address of this worker's own gRPC server; port 0 picks a free port",
+    )
+    add_option(
+        parser,
+        "--metrics-listen",
+        "VIDEOJOBS_WORKER_METRICS_LISTEN",
+        "",
+        "HOST:PORT of this worker's Prometheus /metrics HTTP endpoint (port 0 picks one; "
+        "default: off)",
     )
     add_option(
         parser,
@@ -280,6 +290,7 @@ def parse_settings(argv: list[str] | None = None) -> WorkerSettings:
         spool_dir=str(spool_dir),
         client_security=client_security,
         auth_file=args.auth_file,
+        metrics_listen=args.metrics_listen,
         tls=tls,
         insecure=args.insecure,
     )

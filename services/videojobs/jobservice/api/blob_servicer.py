@@ -8,6 +8,7 @@ from videojobs.common.auth import current_principal
 from videojobs.common.grpc_errors import maps_service_errors
 from videojobs.jobservice.api import convert
 from videojobs.jobservice.blobs import BlobAccess, WriteChunk
+from videojobs.jobservice.metrics import SERVED_BYTES
 from videojobs.jobservice.upload_admission import with_idle_timeout
 from videojobs.v1 import blob_service_pb2 as pb
 from videojobs.v1 import blob_service_pb2_grpc
@@ -42,6 +43,7 @@ class BlobServicer(blob_service_pb2_grpc.BlobServiceServicer):
             lease_token_of(context),
         ):
             yield pb.ReadResponse(data=chunk, size_bytes=size if first else 0)
+            SERVED_BYTES.inc(len(chunk))
             first = False
 
     @maps_service_errors

@@ -26,7 +26,13 @@ from videojobs.jobservice.domain import (
     utc_now,
 )
 from videojobs.jobservice.event_payloads import EventPayload
-from videojobs.jobservice.notices import EventsAppended, EventsCommitted, Notice, merge
+from videojobs.jobservice.notices import (
+    AttemptEnded,
+    EventsAppended,
+    EventsCommitted,
+    Notice,
+    merge,
+)
 from videojobs.jobservice.store.models import (
     ArtifactRow,
     AttemptRow,
@@ -293,6 +299,16 @@ class JobRepository:
 
     # -- statistics (GetStats) --------------------------------------------------
 
+    async def count_by_state_and_pipeline(self) -> dict[tuple[str, str], int]:
+        """How many jobs are in each (state, pipeline set)."""
+        statement = select(JobRow.state, JobRow.pipeline, func.count()).group_by(
+            JobRow.state, JobRow.pipeline
+        )
+        return {
+            (state, pipeline): count
+            for state, pipeline, count in (await self.session.execute(statement)).all()
+        }
+
     async def job_timings(
         self, created_since: datetime, tenant: str | None
     ) -> list[tuple[str, str, datetime, datetime | None, datetime | None, datetime | None]]:
@@ -450,6 +466,15 @@ class JobRepository:
             return
         attempt.outcome = outcome.value
         attempt.ended_at = utc_now()
+        self.notify(
+            AttemptEnded(
+                row.job_id,
+                row.attempt,
+                row.pipeline,
+                outcome.value,
+                max(0.0, (attempt.ended_at - attempt.started_at).total_seconds()),
+            )
+        )
         if error is not None:
             attempt.error_code = error.code
             attempt.error_message = error.message

@@ -1,0 +1,146 @@
+"""Prometheus metrics shared by both services: every RPC counted and timed
+by method and status code (one server interceptor), and the HTTP endpoint
+that serves them (`VIDEOJOBS_METRICS_LISTEN`, off unless set).
+
+Metrics live in prometheus-client's default registry, created once per
+process at import; each service adds its own (see `jobservice/metrics.py`
+and `worker/metrics.py`). README lists every metric.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+from prometheus_client import Counter, Histogram, start_http_server
+
+from videojobs.common.grpc_server import ListenError
+
+log = logging.getLogger(__name__)
+
+RPC_REQUESTS = Counter(
+    "videojobs_rpc_requests",
+    "RPCs handled, by service, method and final status code.",
+    ["service", "method", "code"],
+)
+RPC_DURATION = Histogram(
+    "videojobs_rpc_duration_seconds",
+    "Time from an RPC's start to its end (streams: the whole stream), by service and method.",
+    ["service", "method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+
+
+def _split(method: str) -> tuple[str, str]:
+    """`/videojobs.v1.JobService/GetStatus` -> (`videojobs.v1.JobService`, `GetStatus`)."""
+    service, _, name = method.lstrip("/").rpartition("/")
+    return service, name
+
+
+def _code_name(context, failure: BaseException | None) -> str:
+    if isinstance(failure, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED.name
+    code = context.code()
+    if code is None:
+        return grpc.StatusCode.UNKNOWN.name if failure is not None else grpc.StatusCode.OK.name
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    return grpc.StatusCode.UNKNOWN.name
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Counts and times every RPC (`videojobs_rpc_requests_total`,
+    `videojobs_rpc_duration_seconds`). Placed first, so calls the auth
+    interceptor refuses are counted too (UNAUTHENTICATED, PERMISSION_DENIED)."""
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        service, method = _split(handler_call_details.method)
+        return _timed(handler, service, method)
+
+
+def _timed(handler, service: str, method: str):
+    if handler.unary_unary:
+        behavior, factory = handler.unary_unary, grpc.unary_unary_rpc_method_handler
+    elif handler.unary_stream:
+        behavior, factory = handler.unary_stream, grpc.unary_stream_rpc_method_handler
+    elif handler.stream_unary:
+        behavior, factory = handler.stream_unary, grpc.stream_unary_rpc_method_handler
+    else:
+        behavior, factory = handler.stream_stream, grpc.stream_stream_rpc_method_handler
+
+    def record(started: float, context, failure: BaseException | None) -> None:
+        RPC_REQUESTS.labels(service, method, _code_name(context, failure)).inc()
+        RPC_DURATION.labels(service, method).observe(time.perf_counter() - started)
+
+    if inspect.isasyncgenfunction(behavior):
+
+        async def streaming(request, context):
+            started, failure = time.perf_counter(), None
+            try:
+                async for item in behavior(request, context):
+                    yield item
+            except BaseException as error:
+                failure = error
+                raise
+            finally:
+                record(started, context, failure)
+
+        wrapped = streaming
+    else:
+
+        async def unary(request, context):
+            started, failure = time.perf_counter(), None
+            try:
+                return await behavior(request, context)
+            except BaseException as error:
+                failure = error
+                raise
+            finally:
+                record(started, context, failure)
+
+        wrapped = unary
+    return factory(
+        wrapped,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+@dataclass
+class MetricsEndpoint:
+    """The HTTP server of `/metrics` (a thread of its own)."""
+
+    address: str
+    stop: Callable[[], None]
+
+
+def serve_metrics(listen: str) -> MetricsEndpoint:
+    """Serves the default registry over HTTP on `listen` (`HOST:PORT`, port 0
+    picks one).
+
+    Raises:
+        ListenError: the address cannot be bound (taken, malformed, or not this host's).
+    """
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    try:
+        server, thread = start_http_server(int(port), addr=host)
+    except (OSError, ValueError) as error:
+        raise ListenError(f"cannot serve metrics on {listen}: {error}") from error
+    bound = f"{host}:{server.server_port}"
+    log.info("metrics on http://%s/metrics", bound)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+    return MetricsEndpoint(bound, stop)
