@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from videojobs.client import VideoJobsError, job_state_name, struct_to_dict
+from videojobs.client.typed import whole_numbers_as_ints
 from videojobs.v1 import job_pb2, job_service_pb2
 
 _UNSET = "-"
@@ -68,7 +69,7 @@ def to_json(proto: message.Message, *, one_line: bool = False) -> str:
     unsafe characters escaped; whole numbers in Structs (summaries,
     parameters, partial results) print without `.0`, and every artifact
     shows all its fields, zeros included."""
-    data = _whole_numbers_as_ints(_with_full_artifacts(proto, json_format.MessageToDict(proto)))
+    data = whole_numbers_as_ints(_with_full_artifacts(proto, json_format.MessageToDict(proto)))
     return printable_json(json.dumps(data, indent=None if one_line else 2, ensure_ascii=False))
 
 
@@ -148,19 +149,8 @@ def format_struct(struct: Any) -> str:
     """A `google.protobuf.Struct` as JSON on one line, keys sorted (Struct keeps
     no order), whole numbers without `.0`."""
     return json.dumps(
-        _whole_numbers_as_ints(struct_to_dict(struct)), ensure_ascii=False, sort_keys=True
+        whole_numbers_as_ints(struct_to_dict(struct)), ensure_ascii=False, sort_keys=True
     )
-
-
-def _whole_numbers_as_ints(value: Any) -> Any:
-    # Struct numbers are doubles, so a frame count of 240 arrives as 240.0.
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    if isinstance(value, dict):
-        return {key: _whole_numbers_as_ints(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_whole_numbers_as_ints(item) for item in value]
-    return value
 
 
 def event_kind(event: job_pb2.JobEvent) -> str:
@@ -345,10 +335,10 @@ def _parameter_lines(schema: dict[str, Any]) -> list[str]:
     for name, spec in sorted(schema.get("properties", {}).items()):
         text = f"  {name} ({spec.get('type', '?')}"
         if "default" in spec:
-            text += f", default {json.dumps(_whole_numbers_as_ints(spec['default']))}"
+            text += f", default {json.dumps(whole_numbers_as_ints(spec['default']))}"
         if "minimum" in spec or "maximum" in spec:
-            low = _whole_numbers_as_ints(spec.get("minimum", "-"))
-            high = _whole_numbers_as_ints(spec.get("maximum", "-"))
+            low = whole_numbers_as_ints(spec.get("minimum", "-"))
+            high = whole_numbers_as_ints(spec.get("maximum", "-"))
             text += f", {low}..{high}"
         lines.append(f"{text}): {spec.get('description', '')}")
     return lines or ["  (none)"]

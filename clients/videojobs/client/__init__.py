@@ -48,6 +48,7 @@ from videojobs.client.requests import (
 )
 from videojobs.client.retry import RetryPolicy
 from videojobs.client.sync import JobClient
+from videojobs.client.typed import JobState, JobView, plain
 
 __all__ = [
     "DEFAULT_ADDRESS",
@@ -61,6 +62,8 @@ __all__ = [
     "CredentialsError",
     "JobClient",
     "JobOptions",
+    "JobState",
+    "JobView",
     "ReconnectBackoff",
     "RetryPolicy",
     "UnsafeKeyError",
@@ -68,6 +71,7 @@ __all__ = [
     "UploadRequestStream",
     "VideoJobsError",
     "is_terminal_event",
+    "plain",
     "is_terminal_state",
     "job_state_name",
     "parse_job_state",

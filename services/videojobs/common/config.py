@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+from videojobs.common import logs
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_WORKER_LISTEN = "127.0.0.1:50052"
@@ -71,12 +72,9 @@ def storage_dirs(
     return database, storage
 
 
-def setup_logging(level: str) -> None:
-    """Plain, timestamped log lines on stderr."""
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def setup_logging(level: str, log_format: str = "text") -> None:
+    """Timestamped log lines on stderr, plain or JSON (see `common/logs.py`)."""
+    logs.setup_logging(level, log_format)
 
 
 def run_until_signalled(serve: Callable[[asyncio.Event], Awaitable[None]]) -> int:

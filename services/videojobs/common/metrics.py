@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import re
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,6 +22,7 @@ import grpc
 from prometheus_client import Counter, Histogram, start_http_server
 
 from videojobs.common.grpc_server import ListenError
+from videojobs.common.logs import bind_log_fields
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +58,10 @@ def _code_name(context, failure: BaseException | None) -> str:
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
     """Counts and times every RPC (`videojobs_rpc_requests_total`,
-    `videojobs_rpc_duration_seconds`). Placed first, so calls the auth
-    interceptor refuses are counted too (UNAUTHENTICATED, PERMISSION_DENIED)."""
+    `videojobs_rpc_duration_seconds`), and gives each a request id that its
+    log lines carry (`request_id`: the caller's `x-request-id` metadata, or
+    a fresh one). Placed first, so calls the auth interceptor refuses are
+    counted too (UNAUTHENTICATED, PERMISSION_DENIED)."""
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -80,10 +85,14 @@ def _timed(handler, service: str, method: str):
         RPC_REQUESTS.labels(service, method, _code_name(context, failure)).inc()
         RPC_DURATION.labels(service, method).observe(time.perf_counter() - started)
 
+    def name_the_call(context) -> None:
+        bind_log_fields(request_id=_request_id(context), rpc=method)
+
     if inspect.isasyncgenfunction(behavior):
 
         async def streaming(request, context):
             started, failure = time.perf_counter(), None
+            name_the_call(context)
             try:
                 async for item in behavior(request, context):
                     yield item
@@ -98,6 +107,7 @@ def _timed(handler, service: str, method: str):
 
         async def unary(request, context):
             started, failure = time.perf_counter(), None
+            name_the_call(context)
             try:
                 return await behavior(request, context)
             except BaseException as error:
@@ -112,6 +122,18 @@ def _timed(handler, service: str, method: str):
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )
+
+
+REQUEST_ID_HEADER = "x-request-id"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def _request_id(context) -> str:
+    """The caller's `x-request-id` when it is a short plain token, else a new one."""
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_HEADER and isinstance(value, str) and _REQUEST_ID.fullmatch(value):
+            return value
+    return uuid.uuid4().hex[:16]
 
 
 @dataclass

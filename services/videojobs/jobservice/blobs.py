@@ -29,6 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from videojobs.common import errors
 from videojobs.common.aio import run_to_completion
 from videojobs.common.auth import LOCAL_PRINCIPAL, Principal, Role
+from videojobs.common.logs import bind_log_fields
 from videojobs.jobservice.domain import (
     JobState,
     attempt_prefix_for,
@@ -309,6 +310,7 @@ class BlobAccess:
         key = parse_key(first.key)
         if not await self.may_write(key, principal, lease_token):
             raise _not_writable(key)
+        bind_log_fields(job_id=job_id_of(key))
         staged = is_staged_upload_key(key)
         if staged:
             await run_to_completion(self._claim_upload(key, principal))

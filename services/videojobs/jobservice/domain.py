@@ -88,6 +88,11 @@ def new_lease_token() -> str:
     return secrets.token_hex(16)
 
 
+def is_job_id(text: str) -> bool:
+    """Whether `text` is a well-formed job id."""
+    return bool(JOB_ID_PATTERN.fullmatch(text or ""))
+
+
 def check_job_id(job_id: str, field_name: str = "job_id") -> str:
     """Returns `job_id` or raises INVALID_ARGUMENT naming `field_name`."""
     if not JOB_ID_PATTERN.fullmatch(job_id or ""):

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return tokens(list(arguments[1:]))
     settings = parse_settings(argv)
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     try:
         return run_until_signalled(lambda stop: serve(settings, stop))
     except (SecurityConfigError, AuthFileError, SingleReplicaError, ListenError) as exc:

@@ -20,6 +20,7 @@ from videojobs.common.config import (
     add_option,
     storage_dirs,
 )
+from videojobs.common.logs import LOG_FORMATS
 from videojobs.jobservice.dispatch import DispatchSettings
 from videojobs.jobservice.lifecycle import RetryPolicy
 from videojobs.jobservice.limits import ReportLimits, UploadLimits
@@ -216,6 +217,12 @@ class JobServiceSettings:
         "listen beyond loopback without an auth file and TLS (a warning is printed)",
     )
     log_level: str = _setting("INFO", "VIDEOJOBS_LOG_LEVEL", "logging level")
+    log_format: str = _setting(
+        "text",
+        "VIDEOJOBS_LOG_FORMAT",
+        "log lines: text, or json (one object per line, with job_id, attempt, worker_id "
+        "and request_id where they apply)",
+    )
 
     @property
     def upload_limits(self) -> UploadLimits:
@@ -316,6 +323,8 @@ def parse_settings(
         parser.error("timeouts and intervals must be positive")
     if args.resync_interval <= 0:
         parser.error("timeouts and intervals must be positive")
+    if args.log_format not in LOG_FORMATS:
+        parser.error(f"--log-format must be one of: {', '.join(LOG_FORMATS)}")
     if args.retention_days < 0 or args.failed_input_retention_days < 0:
         parser.error("retention periods must be 0 (keep) or positive")
     if args.retention_interval <= 0:

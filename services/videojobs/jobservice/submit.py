@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from videojobs.common import errors
 from videojobs.common.aio import run_to_completion
 from videojobs.common.auth import DEFAULT_TENANT
+from videojobs.common.logs import log_context
 from videojobs.common.text import echo
 from videojobs.jobservice import lifecycle
 from videojobs.jobservice.domain import (
@@ -519,7 +520,8 @@ class SubmitService:
                 if request_id is None:
                     raise
                 continue  # a concurrent upload with the same request_id won: look again
-            log.info("job %s accepted (pipeline %s, %d bytes)", job_id, plan.key, size)
+            with log_context(job_id=job_id):
+                log.info("job %s accepted (pipeline %s, %d bytes)", job_id, plan.key, size)
             return job, True
         raise errors.unavailable("concurrent submits with one request_id; retry", "RETRY")
 

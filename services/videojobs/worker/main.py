@@ -19,6 +19,7 @@ from videojobs.common.grpc_server import (
     bind,
     mark_serving,
 )
+from videojobs.common.logs import bind_log_fields
 from videojobs.common.metrics import MetricsInterceptor, serve_metrics
 from videojobs.common.security import SecurityConfigError, check_exposure
 from videojobs.pipelines import builtin_catalogue
@@ -54,6 +55,7 @@ def resolve_pipelines(settings: WorkerSettings) -> list[str]:
 
 async def serve(settings: WorkerSettings, stop_requested: asyncio.Event) -> None:
     """Runs the worker until drained."""
+    bind_log_fields(worker_id=settings.worker_id)
     warning = check_exposure(
         settings.listen,
         authenticated=bool(settings.auth_file),
@@ -107,7 +109,7 @@ async def serve(settings: WorkerSettings, stop_requested: asyncio.Event) -> None
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `videojobs-worker` command."""
     settings = parse_settings(argv)
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     try:
         run_until_signalled(lambda stop: serve(settings, stop))
     except (SecurityConfigError, AuthFileError, ListenError) as exc:

@@ -15,6 +15,7 @@ from videojobs.common.config import (
     add_flag,
     add_option,
 )
+from videojobs.common.logs import LOG_FORMATS
 from videojobs.common.security import (
     ClientSecurity,
     SecurityConfigError,
@@ -53,6 +54,7 @@ class WorkerSettings:
     pipelines: tuple[str, ...]
     drain_grace: float = 60.0
     log_level: str = "INFO"
+    log_format: str = "text"
     # Largest picture a pipeline child decodes (width x height).
     max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS
     # Address-space limit of each pipeline child in MiB; 0: none. The command
@@ -249,11 +251,21 @@ def parse_settings(argv: list[str] | None = None) -> WorkerSettings:
         "listen beyond loopback without an auth file and TLS (a warning is printed)",
     )
     add_option(parser, "--log-level", "VIDEOJOBS_LOG_LEVEL", "INFO", "logging level")
+    add_option(
+        parser,
+        "--log-format",
+        "VIDEOJOBS_LOG_FORMAT",
+        "text",
+        "log lines: text, or json (one object per line, with job_id, attempt and "
+        "worker_id where they apply)",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.concurrency <= 64:
         parser.error("--concurrency must be 1 to 64")
     if args.max_frame_pixels < 1:
         parser.error("--max-frame-pixels must be at least 1")
+    if args.log_format not in LOG_FORMATS:
+        parser.error(f"--log-format must be one of: {', '.join(LOG_FORMATS)}")
     if args.child_max_jobs < 1 or args.child_max_rss_mib < 0:
         parser.error("--child-max-jobs must be at least 1 and --child-max-rss-mib 0 or more")
     if args.child_memory_limit_mib < 0:
@@ -283,6 +295,7 @@ def parse_settings(argv: list[str] | None = None) -> WorkerSettings:
         pipelines=pipelines,
         drain_grace=args.drain_grace,
         log_level=args.log_level,
+        log_format=args.log_format,
         max_frame_pixels=args.max_frame_pixels,
         child_memory_limit_mib=child_memory_limit_mib,
         child_max_jobs=args.child_max_jobs,

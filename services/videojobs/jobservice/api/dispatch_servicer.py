@@ -20,6 +20,7 @@ from videojobs.common import errors
 from videojobs.common.aio import run_to_completion
 from videojobs.common.auth import current_principal
 from videojobs.common.grpc_errors import maps_service_errors
+from videojobs.common.logs import bind_log_fields
 from videojobs.common.text import clean_text
 from videojobs.jobservice.api import convert
 from videojobs.jobservice.dispatch import (
@@ -29,7 +30,7 @@ from videojobs.jobservice.dispatch import (
     WorkerHello,
     WorkerSession,
 )
-from videojobs.jobservice.domain import Artifact, Assignment, check_job_id
+from videojobs.jobservice.domain import Artifact, Assignment, check_job_id, is_job_id
 from videojobs.jobservice.limits import (
     MAX_HELD_LEASES,
     MAX_LEASE_TOKEN_CHARS,
@@ -138,6 +139,7 @@ class DispatchServicer(dispatch_service_pb2_grpc.DispatchServiceServicer):
                     )
                 )
             raise
+        bind_log_fields(worker_id=session.worker_id)
         reader = asyncio.create_task(self._read(session, request_iterator))
         reader.add_done_callback(lambda _: session.outbox.put_nowait(_END_OF_STREAM))
         try:
@@ -189,9 +191,14 @@ class DispatchServicer(dispatch_service_pb2_grpc.DispatchServiceServicer):
             await run_to_completion(self._apply(session, message))
 
     async def _apply(self, session: WorkerSession, message: pb.ConnectRequest) -> None:
-        """Applies one message from the worker."""
+        """Applies one message from the worker (in a task of its own: the log
+        fields bound here stay with this message)."""
         coordinator = self._coordinator
         kind = message.WhichOneof("payload")
+        report = getattr(message, kind) if kind not in (None, "hello", "heartbeat") else None
+        job_id = getattr(report, "job_id", "")
+        # Only a well-formed id reaches the log (a malformed one is refused below).
+        bind_log_fields(worker_id=session.worker_id, job_id=job_id if is_job_id(job_id) else None)
         if kind == "heartbeat":
             running = _leases(message.heartbeat.running, "heartbeat.running")
             await coordinator.heartbeat(session, running, message.heartbeat.draining)

@@ -8,9 +8,11 @@ from datetime import timedelta
 from videojobs.common import errors
 from videojobs.common.auth import current_principal
 from videojobs.common.grpc_errors import maps_service_errors
+from videojobs.common.logs import bind_log_fields
 from videojobs.jobservice.api import convert
 from videojobs.jobservice.cancel import CancelService
 from videojobs.jobservice.discovery import Discovery
+from videojobs.jobservice.domain import is_job_id
 from videojobs.jobservice.events import EventFeed
 from videojobs.jobservice.limits import MAX_LIST_PAGE_BYTES
 from videojobs.jobservice.queries import JobQueries
@@ -80,11 +82,13 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
 
     @maps_service_errors
     async def GetStatus(self, request, context) -> job_service_pb2.GetStatusResponse:
+        _bind_job(request.job_id)
         job = await self._queries.get(request.job_id, current_principal())
         return job_service_pb2.GetStatusResponse(job=convert.job(job))
 
     @maps_service_errors
     async def StreamResults(self, request, context) -> AsyncIterator:
+        _bind_job(request.job_id)
         if request.after_sequence < 0:
             raise errors.invalid_argument(
                 "after_sequence must not be negative", [("after_sequence", "must be 0 or more")]
@@ -121,11 +125,13 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
 
     @maps_service_errors
     async def CancelJob(self, request, context) -> job_service_pb2.CancelJobResponse:
+        _bind_job(request.job_id)
         job = await self._cancel.cancel(request.job_id, request.reason, current_principal())
         return job_service_pb2.CancelJobResponse(job=convert.job(job))
 
     @maps_service_errors
     async def DeleteJob(self, request, context) -> job_service_pb2.DeleteJobResponse:
+        _bind_job(request.job_id)
         removed = await self._deletion.delete(request.job_id, current_principal())
         return job_service_pb2.DeleteJobResponse(deleted_blobs=removed)
 
@@ -158,6 +164,12 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             total=convert.job_stats(statistics.total),
             pipelines=[convert.job_stats(figures) for figures in statistics.pipelines],
         )
+
+
+def _bind_job(job_id: str) -> None:
+    """Log lines of this call name the job (a well-formed id only)."""
+    if is_job_id(job_id):
+        bind_log_fields(job_id=job_id)
 
 
 async def _chunks(request_iterator) -> AsyncIterator[bytes]:

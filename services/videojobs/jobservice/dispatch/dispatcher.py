@@ -16,6 +16,7 @@ from datetime import timedelta
 
 from videojobs.common.aio import wait_event
 from videojobs.common.failures import RepeatedFailureLog
+from videojobs.common.logs import log_context
 from videojobs.jobservice import lifecycle
 from videojobs.jobservice.dispatch.sessions import SessionTable, WorkerSession
 from videojobs.jobservice.domain import Assignment, attempt_prefix_for, new_lease_token, utc_now
@@ -137,10 +138,13 @@ class Dispatcher:
             return False
         session.leases[assignment.job_id] = token
         session.outbox.put_nowait(assignment)
-        log.info(
-            "job %s attempt %d assigned to worker %s",
-            assignment.job_id,
-            assignment.attempt,
-            session.worker_id,
-        )
+        with log_context(
+            job_id=assignment.job_id, attempt=assignment.attempt, worker_id=session.worker_id
+        ):
+            log.info(
+                "job %s attempt %d assigned to worker %s",
+                assignment.job_id,
+                assignment.attempt,
+                session.worker_id,
+            )
         return True

@@ -16,6 +16,7 @@ import logging
 
 from videojobs.common.aio import wait_event
 from videojobs.common.failures import RepeatedFailureLog
+from videojobs.common.logs import log_context
 from videojobs.jobservice import lifecycle
 from videojobs.jobservice.dispatch.dispatcher import loop_backoff
 from videojobs.jobservice.domain import JobState, utc_now
@@ -86,7 +87,8 @@ class DeadlineReaper:
         async with self._database.transaction() as repository:
             expired = await repository.expired_leases(now, DUE_BATCH)
             for row in expired:
-                log.info("lease of job %s (worker %s) expired", row.job_id, row.worker_id)
+                with log_context(job_id=row.job_id, attempt=row.attempt, worker_id=row.worker_id):
+                    log.info("lease of job %s (worker %s) expired", row.job_id, row.worker_id)
                 await lifecycle.expire_lease(repository, row, self._policy)
             overdue = [
                 row
@@ -94,10 +96,12 @@ class DeadlineReaper:
                 if row.state == JobState.RUNNING.value
             ]
             for row in overdue:
-                log.info("job %s attempt %d timed out", row.job_id, row.attempt)
+                with log_context(job_id=row.job_id, attempt=row.attempt, worker_id=row.worker_id):
+                    log.info("job %s attempt %d timed out", row.job_id, row.attempt)
                 await lifecycle.time_out_attempt(repository, row, self._policy)
             queued_too_long = await repository.overdue_in_queue(now, DUE_BATCH)
             for row in queued_too_long:
-                log.info("job %s timed out in the queue", row.job_id)
+                with log_context(job_id=row.job_id):
+                    log.info("job %s timed out in the queue", row.job_id)
                 lifecycle.time_out_in_queue(repository, row)
         return max(len(expired), len(overdue), len(queued_too_long))
