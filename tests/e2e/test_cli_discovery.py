@@ -4,9 +4,14 @@ exit codes of `results --follow` for jobs that fail or are cancelled."""
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 
+from videojobs.v1 import job_pb2
+
+from support.processes import BIN
+from support.sync_api import Api
 from support.videos import write_audio_only, write_sample_video
 
 pytestmark = pytest.mark.e2e
@@ -87,3 +92,38 @@ def test_results_follow_says_it_reconnects_and_gives_up_after_timeout(stack, tmp
         for line in lines
     ), result.stderr
     assert "UNAVAILABLE" in lines[-1] or "UNAVAILABLE" in result.stderr
+
+
+def test_watch_follows_several_jobs_to_their_ends(stack, video):
+    stack.start_server()
+    stack.start_worker("watched", VIDEOJOBS_WORKER_PIPELINES="probe")
+    api = Api(stack.address)
+    probes = [api.submit_with(video.read_bytes()).job_id for _ in range(2)]
+    # No worker runs thumbnails: this one waits until it is cancelled.
+    waiting = api.submit_with(video.read_bytes(), pipeline="thumbnails").job_id
+    watcher = subprocess.Popen(
+        [str(BIN / "videojobs"), "--address", stack.address, "watch", *probes, waiting],
+        env=stack.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for job_id in probes:
+            assert api.wait_terminal(job_id).state == job_pb2.JOB_STATE_SUCCEEDED
+        api.cancel(waiting)
+        out, err = watcher.communicate(timeout=60)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+        api.close()
+    assert watcher.returncode == 3, err  # one of them was cancelled
+    assert out.splitlines() == [
+        f"{probes[0]} SUCCEEDED",
+        f"{probes[1]} SUCCEEDED",
+        f"{waiting} CANCELLED",
+    ]
+    # Off a terminal: a line per step of each job on stderr.
+    for job_id in probes:
+        assert f"job {job_id}: completed" in err
+    assert f"job {waiting}: cancelled" in err

@@ -460,3 +460,23 @@ def test_list_tenant_reaches_the_client(fake, capsys) -> None:
     assert code == 0
     assert fake.instances[0].calls[0][2]["tenant"] == "acme"
     assert out.splitlines()[0].split()[-1] == "TENANT"
+
+
+def test_watch_exits_1_when_a_job_cannot_be_followed(fake, capsys) -> None:
+    fake.script = {"follow": [VideoJobsError(grpc.StatusCode.NOT_FOUND, "no such job")]}
+    code, out, err = run(["watch", JOB_ID], capsys)
+    assert code == 1
+    assert out == f"{JOB_ID} UNKNOWN\n"
+    assert f"job {JOB_ID}: cannot follow it: NOT_FOUND: no such job" in err
+
+
+def test_watch_reports_each_job_and_exits_by_the_worst_outcome(fake, capsys) -> None:
+    fake.script = {"follow": events(2, terminal="completed")}
+    code, out, _ = run(["watch", JOB_ID, JOB_ID], capsys)
+    assert (code, out) == (0, f"{JOB_ID} SUCCEEDED\n")  # one id given twice is watched once
+
+
+def test_watch_refuses_more_jobs_than_it_can_follow(fake, capsys) -> None:
+    ids = [f"{n:032x}" for n in range(65)]
+    code, _, err = run(["watch", *ids], capsys)
+    assert code == 2 and "at most 64 jobs" in err

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
 
+import shtab
+
 from videojobs.client import DEFAULT_ADDRESS, TOKEN_ENV_VAR, parse_job_state
 
 #: Environment variable naming job-service's address when --address is not given.
@@ -143,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    # `videojobs --print-completion bash > ~/.local/share/bash-completion/completions/videojobs`
+    shtab.add_argument_to(parser, "--print-completion", help="print a shell completion script")
     _add_global_options(
         parser,
         {
@@ -315,6 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
         "workers", parents=[global_options], help="the workers connected to job-service"
     )
     _add_json_option(workers)
+
+    watch = commands.add_parser(
+        "watch",
+        parents=[global_options],
+        help="follow several jobs at once, with a progress bar each, to their ends",
+    )
+    watch.add_argument("job_ids", metavar="JOB_ID", nargs="+")
 
     stats = commands.add_parser(
         "stats", parents=[global_options], help="counts and timings of recent jobs"

@@ -35,11 +35,13 @@ from videojobs.cli.render import (
     to_json,
     workers_table,
 )
+from videojobs.cli.watch import MAX_WATCHED_JOBS, watch_jobs
 from videojobs.client import (
     CredentialsError,
     JobClient,
     JobOptions,
     VideoJobsError,
+    job_state_name,
     read_token_file,
 )
 from videojobs.client.defaults import RECONNECT_TIMEOUT
@@ -314,6 +316,37 @@ def workers_command(client: JobClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def watch_command(client: JobClient, args: argparse.Namespace) -> int:
+    """`watch JOB_ID...`: several jobs to their ends, a progress bar each;
+    then `JOB_ID STATE` per job on stdout. Exits 1 if one failed (or could
+    not be followed), else 3 if one was cancelled, else 0."""
+    job_ids = list(dict.fromkeys(args.job_ids))
+    if len(job_ids) > MAX_WATCHED_JOBS:
+        raise UsageError(f"watch follows at most {MAX_WATCHED_JOBS} jobs at once")
+    try:
+        outcome = watch_jobs(
+            client,
+            job_ids,
+            interactive=_stdout_is_terminal(),
+            reconnect_timeout=args.timeout or RECONNECT_TIMEOUT,
+            on_reconnect=_say_reconnecting(args),
+        )
+    except KeyboardInterrupt:
+        _print_error_lines(["interrupted: the jobs keep running"])
+        return EXIT_INTERRUPTED
+    for job_id in job_ids:
+        state = outcome.states.get(job_id)
+        print(printable(f"{job_id} {job_state_name(state) if state is not None else 'UNKNOWN'}"))
+    for job_id, error in outcome.errors.items():
+        _print_error_lines([f"job {job_id}:", *format_error(error)])
+    states = set(outcome.states.values())
+    if outcome.errors or job_pb2.JOB_STATE_FAILED in states:
+        return EXIT_FAILED
+    if job_pb2.JOB_STATE_CANCELLED in states:
+        return EXIT_CANCELLED
+    return EXIT_OK
+
+
 def stats_command(client: JobClient, args: argparse.Namespace) -> int:
     """`stats`: counts and timings of the jobs of the last --window seconds."""
     stats = client.get_stats(window=args.window, tenant=args.tenant)
@@ -342,6 +375,7 @@ _COMMANDS: dict[str, Command] = {
     "pipelines": pipelines_command,
     "workers": workers_command,
     "stats": stats_command,
+    "watch": watch_command,
     "submit": submit_command,
     "status": status_command,
     "results": results_command,
