@@ -207,7 +207,8 @@ def test_job_summary_lists_the_interesting_fields() -> None:
         "artifacts: jobs/x/attempts/1/t.jpg (image/jpeg, 2.0 KiB)",
         "created:   2025-11-21T06:00:01.123Z",
         "started:   -",
-        'summary:   {"format": "mp4", "streams": 2}',
+        'summary:   format = "mp4"',
+        "           streams = 2",
         "events:    14",
     ]:
         assert expected in lines, (expected, text)
@@ -323,3 +324,19 @@ def test_completed_event_json_prints_every_artifact_field() -> None:
     )
     artifact = json.loads(to_json(event, one_line=True))["completed"]["artifacts"][0]
     assert (artifact["index"], artifact["timeSeconds"], artifact["frameIndex"]) == (0, 0, "0")
+
+
+def test_job_summary_puts_each_parameter_and_summary_value_on_a_line() -> None:
+    job = finished_job()
+    job.parameters.update({"probe": {"count_frames": False, "verify_frames": 3}})
+    job.summary.update({"video": {"width": 640, "fps": 29.97}, "codecs": ["h264", "aac"]})
+    lines = format_job_summary(job)
+    start = lines.index("parameters: probe.count_frames = false")
+    assert lines[start + 1] == "            probe.verify_frames = 3"
+    summary = lines.index('summary:    codecs = ["h264", "aac"]')
+    assert lines[summary + 1 : summary + 5] == [
+        '            format = "mp4"',
+        "            streams = 2",
+        "            video.fps = 29.97",
+        "            video.width = 640",
+    ]

@@ -200,6 +200,25 @@ def _format_progress(progress: job_pb2.Progress) -> str:
     return f"{text} {progress.stage}" if progress.stage else text
 
 
+def _struct_rows(label: str, struct: Any) -> list[tuple[str, str]]:
+    """A Struct as one `dotted.key = value` row per leaf (lists stay whole),
+    the label on the first: readable where one JSON line would run on."""
+    leaves: list[tuple[str, Any]] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for key in sorted(value):
+                walk(f"{prefix}.{key}" if prefix else key, value[key])
+        else:
+            leaves.append((prefix, value))
+
+    walk("", whole_numbers_as_ints(struct_to_dict(struct)))
+    return [
+        (label if index == 0 else "", f"{key} = {json.dumps(value, ensure_ascii=False)}")
+        for index, (key, value) in enumerate(leaves)
+    ]
+
+
 def format_job_line(job: job_pb2.Job) -> str:
     """`<job id> <STATE>`: what `submit` and `cancel` print."""
     return printable(f"{job.job_id} {job_state_name(job.state)}")
@@ -216,7 +235,7 @@ def format_job_summary(job: job_pb2.Job) -> list[str]:
     if job.tenant:
         rows.append(("tenant", job.tenant))
     if job.parameters.fields:
-        rows.append(("parameters", format_struct(job.parameters)))
+        rows += _struct_rows("parameters", job.parameters)
     rows += [
         ("attempt", str(job.attempt)),
         ("priority", str(job.priority)),
@@ -253,7 +272,7 @@ def format_job_summary(job: job_pb2.Job) -> list[str]:
         ("ended", format_time(job.end_time)),
     ]
     if job.summary.fields:
-        rows.append(("summary", format_struct(job.summary)))
+        rows += _struct_rows("summary", job.summary)
     if job.request_id:
         rows.append(("request id", job.request_id))
     rows.append(("events", str(job.last_event_sequence)))
