@@ -105,7 +105,9 @@ async def test_existing_names_become_sets_and_downgrade_removes_them(database: D
     assert await _pipeline_sets(database) == {
         job_id: names for job_id, (_, names) in STORED_NAMES.items()
     }
-    # The display name stays as it was.
+    # The display name stays as it was (read through the models, which need
+    # the later revisions too).
+    await database.migrate()
     async with database.reading() as repository:
         for job_id, (name, names) in STORED_NAMES.items():
             job = await repository.get(job_id)

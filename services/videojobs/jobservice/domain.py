@@ -341,3 +341,4 @@ class Assignment:
     lease_expire_time: datetime
     execution_deadline: datetime
     input_format: str = ""
+    trace_parent: str = ""

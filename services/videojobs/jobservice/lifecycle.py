@@ -162,6 +162,12 @@ async def import_ended(
 # -- running ------------------------------------------------------------------
 
 
+def eligible_since(row: JobRow) -> datetime:
+    """When a queued job could first be given to a worker: when it was
+    queued (its last change), or when its retry backoff ended."""
+    return max(row.updated_at, row.available_at or row.updated_at)
+
+
 def assign(
     store: JobStore,
     row: JobRow,
@@ -175,15 +181,12 @@ def assign(
     """QUEUED -> RUNNING: the job's current attempt is leased to `worker_id`'s
     session until `lease_expires_at` (renewed by heartbeats)."""
     now = now or utc_now()
-    # Queued (or back from a retry's backoff) since: the row's last change,
-    # or the end of its backoff.
-    eligible_since = max(row.updated_at, row.available_at or row.updated_at)
     store.notify(
         AttemptStarted(
             row.job_id,
             row.attempt,
             row.pipeline,
-            dispatch_seconds=max(0.0, (now - eligible_since).total_seconds()),
+            dispatch_seconds=max(0.0, (now - eligible_since(row)).total_seconds()),
             queue_wait_seconds=(now - row.created_at).total_seconds() if row.attempt == 1 else None,
         )
     )

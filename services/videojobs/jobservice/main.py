@@ -22,6 +22,7 @@ from videojobs.common.auth import AuthFileError
 from videojobs.common.config import run_until_signalled, setup_logging
 from videojobs.common.grpc_server import ListenError
 from videojobs.common.security import SecurityConfigError
+from videojobs.common.tracing import setup_tracing
 from videojobs.jobservice.server import serve
 from videojobs.jobservice.settings import parse_settings
 from videojobs.jobservice.store.database import SingleReplicaError
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         return tokens(list(arguments[1:]))
     settings = parse_settings(argv)
     setup_logging(settings.log_level, settings.log_format)
+    setup_tracing("videojobs-server", settings.tracing)
     try:
         return run_until_signalled(lambda stop: serve(settings, stop))
     except (SecurityConfigError, AuthFileError, SingleReplicaError, ListenError) as exc:

@@ -21,6 +21,7 @@ from videojobs.common.config import (
     storage_dirs,
 )
 from videojobs.common.logs import LOG_FORMATS
+from videojobs.common.tracing import TracingConfigError, check_tracing_mode
 from videojobs.jobservice.dispatch import DispatchSettings
 from videojobs.jobservice.lifecycle import RetryPolicy
 from videojobs.jobservice.limits import ReportLimits, UploadLimits
@@ -193,6 +194,12 @@ class JobServiceSettings:
         "seconds a finished staged upload (uploads/...) waits for a SubmitVideo before a "
         "sweep removes it",
     )
+    tracing: str = _setting(
+        "",
+        "VIDEOJOBS_TRACING",
+        "OpenTelemetry spans: otlp (OTEL_EXPORTER_OTLP_* say where), console, or "
+        "jsonl:PATH (default: off)",
+    )
     metrics_listen: str = _setting(
         "",
         "VIDEOJOBS_METRICS_LISTEN",
@@ -325,6 +332,10 @@ def parse_settings(
         parser.error("timeouts and intervals must be positive")
     if args.log_format not in LOG_FORMATS:
         parser.error(f"--log-format must be one of: {', '.join(LOG_FORMATS)}")
+    try:
+        check_tracing_mode(args.tracing)
+    except TracingConfigError as error:
+        parser.error(str(error))
     if args.retention_days < 0 or args.failed_input_retention_days < 0:
         parser.error("retention periods must be 0 (keep) or positive")
     if args.retention_interval <= 0:

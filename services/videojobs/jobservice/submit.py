@@ -25,6 +25,7 @@ from videojobs.common.aio import run_to_completion
 from videojobs.common.auth import DEFAULT_TENANT
 from videojobs.common.logs import log_context
 from videojobs.common.text import echo
+from videojobs.common.tracing import current_trace_parent
 from videojobs.jobservice import lifecycle
 from videojobs.jobservice.domain import (
     LEGACY_REQUEST_ID_PREFIX,
@@ -482,6 +483,7 @@ class SubmitService:
                     await self._check_tenant_queue(tenant, repository)
                     now = utc_now()
                     row = JobRow(
+                        trace_parent=current_trace_parent(),
                         priority=header.priority,
                         dispatch_rank=dispatch_rank(
                             now, header.priority, self._limits.priority_step

@@ -28,6 +28,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from videojobs.common.aio import wait_event
 from videojobs.common.errors import ERROR_DOMAIN
 from videojobs.common.logs import bind_log_fields
+from videojobs.common.tracing import job_span
 from videojobs.storage import InvalidStorageKey, StorageKey
 from videojobs.v1 import dispatch_service_pb2 as pb
 from videojobs.v1 import dispatch_service_pb2_grpc, job_pb2
@@ -312,8 +313,22 @@ class WorkerAgent:
         task.add_done_callback(self._job_tasks.discard)
 
     async def _run_job(self, job: RunningJob, assignment: pb.Assignment) -> None:
-        # A task of its own: every line about this job names it.
+        # A task of its own: every line about this job names it, and its span
+        # joins the job's trace (when tracing is on).
         bind_log_fields(job_id=job.job_id, attempt=job.attempt)
+        with job_span(
+            "run job",
+            assignment.trace_parent,
+            {
+                "videojobs.job_id": job.job_id,
+                "videojobs.attempt": job.attempt,
+                "videojobs.worker_id": self.settings.worker_id,
+                "videojobs.pipeline": job.pipeline,
+            },
+        ):
+            await self._run_attempt(job, assignment)
+
+    async def _run_attempt(self, job: RunningJob, assignment: pb.Assignment) -> None:
         token = job.lease_token
         log.info("job %s attempt %d: running %s", job.job_id, job.attempt, job.pipeline)
         started = time.monotonic()

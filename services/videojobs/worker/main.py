@@ -22,6 +22,7 @@ from videojobs.common.grpc_server import (
 from videojobs.common.logs import bind_log_fields
 from videojobs.common.metrics import MetricsInterceptor, serve_metrics
 from videojobs.common.security import SecurityConfigError, check_exposure
+from videojobs.common.tracing import setup_tracing
 from videojobs.pipelines import builtin_catalogue
 from videojobs.v1 import worker_service_pb2, worker_service_pb2_grpc
 from videojobs.worker.agent import WorkerAgent
@@ -110,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `videojobs-worker` command."""
     settings = parse_settings(argv)
     setup_logging(settings.log_level, settings.log_format)
+    setup_tracing("videojobs-worker", settings.tracing)
     try:
         run_until_signalled(lambda stop: serve(settings, stop))
     except (SecurityConfigError, AuthFileError, ListenError) as exc:

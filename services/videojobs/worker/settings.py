@@ -23,6 +23,7 @@ from videojobs.common.security import (
     read_token,
     server_tls,
 )
+from videojobs.common.tracing import TracingConfigError, check_tracing_mode
 from videojobs.pipelines.media import DEFAULT_MAX_FRAME_PIXELS
 
 MIB = 1024 * 1024
@@ -70,6 +71,8 @@ class WorkerSettings:
     client_security: ClientSecurity = field(default_factory=ClientSecurity)
     # HOST:PORT of the Prometheus /metrics endpoint; empty: off.
     metrics_listen: str = ""
+    # Where OpenTelemetry spans go (see common.tracing); empty: off.
+    tracing: str = ""
     # Its own server (WorkerService): who may call it and its TLS.
     auth_file: str = ""
     tls: ServerTls | None = None
@@ -125,6 +128,14 @@ def parse_settings(argv: list[str] | None = None) -> WorkerSettings:
         "VIDEOJOBS_WORKER_LISTEN",
         DEFAULT_WORKER_LISTEN,
         "address of this worker's own gRPC server; port 0 picks a free port",
+    )
+    add_option(
+        parser,
+        "--tracing",
+        "VIDEOJOBS_TRACING",
+        "",
+        "OpenTelemetry spans: otlp (OTEL_EXPORTER_OTLP_* say where), console, or "
+        "jsonl:PATH (default: off)",
     )
     add_option(
         parser,
@@ -266,6 +277,10 @@ def parse_settings(argv: list[str] | None = None) -> WorkerSettings:
         parser.error("--max-frame-pixels must be at least 1")
     if args.log_format not in LOG_FORMATS:
         parser.error(f"--log-format must be one of: {', '.join(LOG_FORMATS)}")
+    try:
+        check_tracing_mode(args.tracing)
+    except TracingConfigError as error:
+        parser.error(str(error))
     if args.child_max_jobs < 1 or args.child_max_rss_mib < 0:
         parser.error("--child-max-jobs must be at least 1 and --child-max-rss-mib 0 or more")
     if args.child_memory_limit_mib < 0:
@@ -304,6 +319,7 @@ def parse_settings(argv: list[str] | None = None) -> WorkerSettings:
         client_security=client_security,
         auth_file=args.auth_file,
         metrics_listen=args.metrics_listen,
+        tracing=args.tracing,
         tls=tls,
         insecure=args.insecure,
     )

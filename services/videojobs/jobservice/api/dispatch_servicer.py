@@ -338,5 +338,6 @@ def _to_response(item: Assignment | StopOrder) -> pb.ConnectResponse:
             lease_expire_time=convert.timestamp(item.lease_expire_time),
             execution_deadline=convert.timestamp(item.execution_deadline),
             input_format=item.input_format,
+            trace_parent=item.trace_parent,
         )
     )

@@ -17,12 +17,13 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from videojobs.common import errors
 from videojobs.common.auth import LOCAL_PRINCIPAL, Principal
 from videojobs.common.failures import RepeatedFailureLog
+from videojobs.common.tracing import job_span
 from videojobs.jobservice import lifecycle
 from videojobs.jobservice.dispatch.dispatcher import Dispatcher
 from videojobs.jobservice.dispatch.outputs import AttemptOutputs
@@ -412,10 +413,12 @@ class DispatchCoordinator:
         )
         warnings = clean_warnings(list(warnings or []))
         refused = None
+        received = utc_now()
         async with self._database.transaction() as repository:
             row = await self._current_lease(repository, session, job_id, token)
             if row is None:
                 return
+            attempt, trace_parent = row.attempt, row.trace_parent
             prefix = attempt_prefix_for(job_id, row.attempt, row.tenant)
             violations = [
                 (f"completion.{name}", f"must lie under {prefix.value}/")
@@ -441,6 +444,7 @@ class DispatchCoordinator:
                     summary=summary,
                     warnings=warnings,
                 )
+        _result_span("record completion", trace_parent, job_id, attempt, session, received, refused)
         if refused is not None:
             self._refused(session, job_id, token, refused)
             return
@@ -459,10 +463,12 @@ class DispatchCoordinator:
         retryable: bool,
     ) -> None:
         """A retryable failure with attempts left requeues; otherwise FAILED."""
+        received = utc_now()
         async with self._database.transaction() as repository:
             row = await self._current_lease(repository, session, job_id, token)
             if row is None:
                 return
+            attempt, trace_parent = row.attempt, row.trace_parent
             await lifecycle.fail_attempt(
                 repository,
                 row,
@@ -470,6 +476,7 @@ class DispatchCoordinator:
                 retryable=retryable,
                 policy=self._policy,
             )
+        _result_span("record failure", trace_parent, job_id, attempt, session, received, error)
         session.leases.pop(job_id, None)
         session.forget_lease(job_id)
         log.info("job %s failed on worker %s: %s", job_id, session.worker_id, error.message)
@@ -507,3 +514,28 @@ class DispatchCoordinator:
         log.info("refused a stale report for job %s from worker %s", job_id, session.worker_id)
         session.send_stop(job_id, token, StopReason.JOB_ENDED if ended else StopReason.LEASE_LOST)
         return None
+
+
+def _result_span(
+    name: str,
+    trace_parent: str | None,
+    job_id: str,
+    attempt: int,
+    session: WorkerSession,
+    received: datetime,
+    error: Any,
+) -> None:
+    """A span of the job's trace for a worker's report, from its arrival to
+    its commit (no-op unless tracing is on)."""
+    with job_span(
+        name,
+        trace_parent,
+        {
+            "videojobs.job_id": job_id,
+            "videojobs.attempt": attempt,
+            "videojobs.worker_id": session.worker_id,
+            "videojobs.error": getattr(error, "message", None),
+        },
+        start=received,
+    ):
+        pass

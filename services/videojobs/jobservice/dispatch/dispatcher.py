@@ -17,6 +17,7 @@ from datetime import timedelta
 from videojobs.common.aio import wait_event
 from videojobs.common.failures import RepeatedFailureLog
 from videojobs.common.logs import log_context
+from videojobs.common.tracing import job_span
 from videojobs.jobservice import lifecycle
 from videojobs.jobservice.dispatch.sessions import SessionTable, WorkerSession
 from videojobs.jobservice.domain import Assignment, attempt_prefix_for, new_lease_token, utc_now
@@ -104,6 +105,7 @@ class Dispatcher:
             row = await repository.next_claimable(session.pipelines, now)
             if row is None:
                 return False
+            queued_since = lifecycle.eligible_since(row)
             lifecycle.assign(
                 repository,
                 row,
@@ -124,6 +126,7 @@ class Dispatcher:
                 lease_expire_time=expiry,
                 execution_deadline=row.execution_deadline_at,
                 input_format=row.input_format or "",
+                trace_parent=row.trace_parent or "",
             )
         if session.closed:
             # The stream broke while we were claiming: the job goes straight back.
@@ -138,6 +141,18 @@ class Dispatcher:
             return False
         session.leases[assignment.job_id] = token
         session.outbox.put_nowait(assignment)
+        # A span of the job's trace from when it could run to its assignment.
+        with job_span(
+            "dispatch",
+            assignment.trace_parent,
+            {
+                "videojobs.job_id": assignment.job_id,
+                "videojobs.attempt": assignment.attempt,
+                "videojobs.worker_id": session.worker_id,
+            },
+            start=queued_since,
+        ):
+            pass
         with log_context(
             job_id=assignment.job_id, attempt=assignment.attempt, worker_id=session.worker_id
         ):

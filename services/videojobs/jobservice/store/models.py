@@ -101,6 +101,8 @@ class JobRow(Base):
     # worker already took to a newer session elsewhere.
     lease_session: Mapped[str | None] = mapped_column(String(32))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # W3C traceparent of the SubmitVideo call (0010); None unless tracing was on.
+    trace_parent: Mapped[str | None] = mapped_column(String(64))
     last_sequence: Mapped[int] = mapped_column(Integer, default=0)
     # Dispatch order: accepted-at (epoch seconds) minus the priority head start.
     # Server defaults let a replica of the previous version insert rows during
