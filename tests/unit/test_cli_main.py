@@ -480,3 +480,13 @@ def test_watch_refuses_more_jobs_than_it_can_follow(fake, capsys) -> None:
     ids = [f"{n:032x}" for n in range(65)]
     code, _, err = run(["watch", *ids], capsys)
     assert code == 2 and "at most 64 jobs" in err
+
+
+def test_submit_help_lists_the_builtin_pipelines_and_their_parameters(capsys) -> None:
+    code, out, _ = run(["submit", "--help"], capsys)
+    assert code == 0
+    lines = out.splitlines()
+    probe = next(line for line in lines if line.strip().startswith("probe "))
+    assert probe.split()[1:] == ["count_frames,", "verify_frames"]
+    assert any(line.strip().startswith("(sampling)") and "target_fps" in line for line in lines)
+    assert "`videojobs pipelines NAME` shows types, defaults and meanings" in out

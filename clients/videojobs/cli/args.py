@@ -130,6 +130,24 @@ def _version() -> str:
         return "unknown"
 
 
+def _builtin_pipelines_text() -> str:
+    """The built-in pipelines and their parameters, for `submit --help`
+    (from the specs, which import no analysis library)."""
+    from videojobs.pipelines.specs import BUILTIN_SPECS, SAMPLING_SPEC
+
+    lines = ["built-in pipelines and their parameters (--param NAME=VALUE):"]
+    for spec in BUILTIN_SPECS.values():
+        names = ", ".join(p.name for p in spec.parameters) or "none"
+        lines.append(f"  {spec.name:<11} {names}")
+    names = ", ".join(p.name for p in SAMPLING_SPEC.parameters)
+    lines.append(f"  {'(sampling)':<11} {names}  (shared by frame pipelines)")
+    lines.append(
+        "`videojobs pipelines NAME` shows types, defaults and meanings, as your "
+        "job-service has them."
+    )
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `videojobs` parser. Global options go before or after the command."""
     default_address = os.environ.get(ADDRESS_ENV_VAR) or DEFAULT_ADDRESS
@@ -170,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
             "uploaded resumably: a dropped or stalled connection resumes from the bytes "
             "the server kept."
         ),
+        epilog=_builtin_pipelines_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     submit.add_argument("file", metavar="FILE", help="the video to upload")
     submit.add_argument(
