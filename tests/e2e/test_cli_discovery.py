@@ -40,6 +40,9 @@ def test_pipelines_workers_and_stats_describe_the_running_pair(stack, video):
     assert "sampling parameters (shared by a job's frame pipelines):" in ocr
     missing = stack.cli("pipelines", "nope", check=False)
     assert missing.returncode == 2 and "no pipeline 'nope'" in missing.stderr
+    unknown_filter = stack.cli("list", "--pipeline", "nope", check=False)
+    assert unknown_filter.returncode == 1, unknown_filter.stdout
+    assert "INVALID_ARGUMENT" in unknown_filter.stderr and "pipeline" in unknown_filter.stderr
 
     schema = json.loads(stack.cli("pipelines", "probe", "--json").stdout)
     assert schema["parametersSchema"]["properties"]["count_frames"]["type"] == "boolean"
