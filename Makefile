@@ -72,6 +72,7 @@ bench: $(INSTALLED) ## Run the benchmarks.
 	$(PY) bench/bench_storage.py
 	$(PY) bench/bench_pipelines.py
 	$(PY) bench/bench_replicas.py
+	$(PY) bench/bench_latency.py
 	$(PY) bench/bench_peers.py $(BENCH_PEERS_ARGS)
 
 BENCH_PEERS_ARGS ?=
