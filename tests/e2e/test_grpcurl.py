@@ -74,6 +74,9 @@ def test_reflection_lists_and_describes_the_services(running):
             "ListJobs",
             "CancelJob",
             "DeleteJob",
+            "ListPipelines",
+            "ListWorkers",
+            "GetStats",
         )
     }, methods
     blob_methods = set(grpcurl_ok(stack.address, "list", "videojobs.v1.BlobService").split())
