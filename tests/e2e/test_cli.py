@@ -84,6 +84,17 @@ def test_submit_wait_json_reports_the_encoded_numbers_and_every_command_agrees(s
     assert "error" not in job
 
     summary = job["summary"]
+    # The shapes README gives for a probe job's summary and result document.
+    assert set(summary) == {
+        "format",
+        "duration_seconds",
+        "stream_count",
+        "video_codec",
+        "width",
+        "height",
+        "frame_rate",
+        "frame_count",
+    }
     assert summary["video_codec"] == "h264"
     assert summary["width"] == WIDTH
     assert summary["height"] == HEIGHT
@@ -94,8 +105,10 @@ def test_submit_wait_json_reports_the_encoded_numbers_and_every_command_agrees(s
 
     # The full result document in storage, per stream.
     document = _result_document(stack, job["outputKey"])
+    assert set(document) == {"job_id", "attempt", "version", "pipelines", "sections", "warnings"}
     assert document["pipelines"] == ["probe"]
     probe = document["sections"]["probe"]
+    assert set(probe) == {"pipeline", "version", "container", "streams"}
     assert probe["pipeline"] == "probe"
     assert probe["container"]["stream_count"] == 2
     assert probe["container"]["duration_seconds"] == pytest.approx(DURATION, abs=0.05)
