@@ -126,14 +126,7 @@ def test_metrics_move_while_jobs_run(stack, sample_mp4):
         api.job("0" * 32)
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     last = scrape(server_url)
-    assert (
-        value(
-            last,
-            "videojobs_rpc_requests_total",
-            service="videojobs.v1.JobService",
-            method="GetStatus",
-            code="NOT_FOUND",
-        )
-        >= 1
-    )
+    not_found = dict(service="videojobs.v1.JobService", method="GetStatus", code="NOT_FOUND")
+    assert value(last, "videojobs_rpc_requests_total", **not_found) >= 1
+    assert value(last, "videojobs_rpc_duration_seconds_count", **not_found) >= 1
     api.close()

@@ -33,8 +33,9 @@ RPC_REQUESTS = Counter(
 )
 RPC_DURATION = Histogram(
     "videojobs_rpc_duration_seconds",
-    "Time from an RPC's start to its end (streams: the whole stream), by service and method.",
-    ["service", "method"],
+    "Time from an RPC's start to its end (streams: the whole stream), by service, method "
+    "and final status code.",
+    ["service", "method", "code"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
 
@@ -82,8 +83,9 @@ def _timed(handler, service: str, method: str):
         behavior, factory = handler.stream_stream, grpc.stream_stream_rpc_method_handler
 
     def record(started: float, context, failure: BaseException | None) -> None:
-        RPC_REQUESTS.labels(service, method, _code_name(context, failure)).inc()
-        RPC_DURATION.labels(service, method).observe(time.perf_counter() - started)
+        code = _code_name(context, failure)
+        RPC_REQUESTS.labels(service, method, code).inc()
+        RPC_DURATION.labels(service, method, code).observe(time.perf_counter() - started)
 
     def name_the_call(context) -> None:
         bind_log_fields(request_id=_request_id(context), rpc=method)
