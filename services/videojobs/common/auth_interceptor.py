@@ -33,6 +33,7 @@ from videojobs.common.auth import (
 )
 from videojobs.common.errors import ServiceError
 from videojobs.common.grpc_errors import abort_with
+from videojobs.common.grpc_server import handler_parts
 
 log = logging.getLogger(__name__)
 
@@ -141,14 +142,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
 def _wrap(handler, admit, interceptor: AuthInterceptor):
     """A handler of the same kind that admits the caller first."""
-    if handler.unary_unary:
-        behavior, factory = handler.unary_unary, grpc.unary_unary_rpc_method_handler
-    elif handler.unary_stream:
-        behavior, factory = handler.unary_stream, grpc.unary_stream_rpc_method_handler
-    elif handler.stream_unary:
-        behavior, factory = handler.stream_unary, grpc.stream_unary_rpc_method_handler
-    else:
-        behavior, factory = handler.stream_stream, grpc.stream_stream_rpc_method_handler
+    behavior, factory = handler_parts(handler)
 
     if inspect.isasyncgenfunction(behavior):
 

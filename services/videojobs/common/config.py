@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from videojobs.common import logs
+from videojobs.common import tracing as tracing_module
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_WORKER_LISTEN = "127.0.0.1:50052"
@@ -90,3 +91,16 @@ def run_until_signalled(serve: Callable[[asyncio.Event], Awaitable[None]]) -> in
 
     asyncio.run(run())
     return 0
+
+
+def check_observability_options(
+    parser: argparse.ArgumentParser, log_format: str, tracing: str
+) -> None:
+    """Usage error (exit 2) for a log format or tracing destination that
+    does not exist."""
+    if log_format not in logs.LOG_FORMATS:
+        parser.error(f"--log-format must be one of: {', '.join(logs.LOG_FORMATS)}")
+    try:
+        tracing_module.check_tracing_mode(tracing)
+    except tracing_module.TracingConfigError as error:
+        parser.error(str(error))

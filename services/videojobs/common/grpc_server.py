@@ -90,3 +90,17 @@ def bind(
         )
     host = address.rsplit(":", 1)[0]
     return f"{host}:{port}"
+
+
+def handler_parts(handler: grpc.RpcMethodHandler):
+    """(behavior, factory) of a method handler: the function that serves its
+    calls, and the grpc function that builds a handler of the same kind
+    (unary/stream request, unary/stream response) around a new behavior.
+    Interceptors that wrap calls use it."""
+    if handler.unary_unary:
+        return handler.unary_unary, grpc.unary_unary_rpc_method_handler
+    if handler.unary_stream:
+        return handler.unary_stream, grpc.unary_stream_rpc_method_handler
+    if handler.stream_unary:
+        return handler.stream_unary, grpc.stream_unary_rpc_method_handler
+    return handler.stream_stream, grpc.stream_stream_rpc_method_handler

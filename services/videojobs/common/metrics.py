@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import grpc
 from prometheus_client import Counter, Histogram, start_http_server
 
-from videojobs.common.grpc_server import ListenError
+from videojobs.common.grpc_server import ListenError, handler_parts
 from videojobs.common.logs import bind_log_fields
 
 log = logging.getLogger(__name__)
@@ -73,14 +73,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
 
 def _timed(handler, service: str, method: str):
-    if handler.unary_unary:
-        behavior, factory = handler.unary_unary, grpc.unary_unary_rpc_method_handler
-    elif handler.unary_stream:
-        behavior, factory = handler.unary_stream, grpc.unary_stream_rpc_method_handler
-    elif handler.stream_unary:
-        behavior, factory = handler.stream_unary, grpc.stream_unary_rpc_method_handler
-    else:
-        behavior, factory = handler.stream_stream, grpc.stream_stream_rpc_method_handler
+    behavior, factory = handler_parts(handler)
 
     def record(started: float, context, failure: BaseException | None) -> None:
         code = _code_name(context, failure)

@@ -18,10 +18,9 @@ from videojobs.common.config import (
     DEFAULT_DATA_DIR,
     add_flag,
     add_option,
+    check_observability_options,
     storage_dirs,
 )
-from videojobs.common.logs import LOG_FORMATS
-from videojobs.common.tracing import TracingConfigError, check_tracing_mode
 from videojobs.jobservice.dispatch import DispatchSettings
 from videojobs.jobservice.lifecycle import RetryPolicy
 from videojobs.jobservice.limits import ReportLimits, UploadLimits
@@ -330,12 +329,7 @@ def parse_settings(
         parser.error("timeouts and intervals must be positive")
     if args.resync_interval <= 0:
         parser.error("timeouts and intervals must be positive")
-    if args.log_format not in LOG_FORMATS:
-        parser.error(f"--log-format must be one of: {', '.join(LOG_FORMATS)}")
-    try:
-        check_tracing_mode(args.tracing)
-    except TracingConfigError as error:
-        parser.error(str(error))
+    check_observability_options(parser, args.log_format, args.tracing)
     if args.retention_days < 0 or args.failed_input_retention_days < 0:
         parser.error("retention periods must be 0 (keep) or positive")
     if args.retention_interval <= 0:

@@ -14,8 +14,8 @@ from videojobs.common.config import (
     DEFAULT_WORKER_LISTEN,
     add_flag,
     add_option,
+    check_observability_options,
 )
-from videojobs.common.logs import LOG_FORMATS
 from videojobs.common.security import (
     ClientSecurity,
     SecurityConfigError,
@@ -23,7 +23,6 @@ from videojobs.common.security import (
     read_token,
     server_tls,
 )
-from videojobs.common.tracing import TracingConfigError, check_tracing_mode
 from videojobs.pipelines.media import DEFAULT_MAX_FRAME_PIXELS
 
 MIB = 1024 * 1024
@@ -275,12 +274,7 @@ def parse_settings(argv: list[str] | None = None) -> WorkerSettings:
         parser.error("--concurrency must be 1 to 64")
     if args.max_frame_pixels < 1:
         parser.error("--max-frame-pixels must be at least 1")
-    if args.log_format not in LOG_FORMATS:
-        parser.error(f"--log-format must be one of: {', '.join(LOG_FORMATS)}")
-    try:
-        check_tracing_mode(args.tracing)
-    except TracingConfigError as error:
-        parser.error(str(error))
+    check_observability_options(parser, args.log_format, args.tracing)
     if args.child_max_jobs < 1 or args.child_max_rss_mib < 0:
         parser.error("--child-max-jobs must be at least 1 and --child-max-rss-mib 0 or more")
     if args.child_memory_limit_mib < 0:
