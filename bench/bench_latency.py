@@ -19,17 +19,15 @@ p50 <= 2 ms and p99 <= 10 ms idle).
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import grpc
 from bench_replicas import Followers, ScriptedWorker, _summary
+from benchkit import job_service, report_only
 
 from videojobs.client import AsyncJobClient
-from videojobs.stack.__main__ import BIN, Child
 from videojobs.stack.sample_video import write_sample_video
 from videojobs.v1 import job_service_pb2 as js
 from videojobs.v1 import job_service_pb2_grpc
@@ -140,27 +138,13 @@ async def run() -> None:
         root = Path(scratch)
         video = root / "small.mp4"
         write_sample_video(video, width=160, height=120, fps=25, frames=25)
-        env = dict(
-            {k: v for k, v in os.environ.items() if not k.startswith("VIDEOJOBS_")},
-            VIDEOJOBS_DATA_DIR=str(root / "data"),
-            VIDEOJOBS_LISTEN="127.0.0.1:0",
-            VIDEOJOBS_LEASE_DURATION="60",
-            VIDEOJOBS_LOG_LEVEL="WARNING",
-        )
-        server = Child("job-service", [str(BIN / "videojobs-server")], env)
-        try:
-            await asyncio.to_thread(server.wait_ready)
+        async with job_service(root / "data", LEASE_DURATION="60") as server:
             await measure(server.address, video)
-        finally:
-            server.stop()
 
 
 def main() -> None:
     """Runs the measurements and prints them; exits 0 whatever it finds."""
-    try:
-        asyncio.run(run())
-    except (Exception, SystemExit) as exc:  # noqa: BLE001 - a benchmark reports, never fails
-        print(f"latency: benchmark did not complete: {type(exc).__name__}: {exc}", file=sys.stderr)
+    report_only("latency", run)
 
 
 if __name__ == "__main__":

@@ -13,15 +13,15 @@ Numbers are printed, never asserted (target: within 10 % from empty to 100k).
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import sqlite3
 import tempfile
 import time
 from pathlib import Path
 
+from benchkit import job_service, report_only
+
 from videojobs.client import AsyncJobClient
-from videojobs.stack.__main__ import BIN, Child
 from videojobs.stack.sample_video import write_sample_video
 
 SIZES = (0, 25_000, 50_000, 100_000)
@@ -102,15 +102,7 @@ async def run() -> None:
         root = Path(scratch)
         video = root / "small.mp4"
         write_sample_video(video, width=160, height=120, fps=10, frames=10)
-        env = dict(
-            {k: v for k, v in os.environ.items() if not k.startswith("VIDEOJOBS_")},
-            VIDEOJOBS_DATA_DIR=str(root / "data"),
-            VIDEOJOBS_LISTEN="127.0.0.1:0",
-            VIDEOJOBS_LOG_LEVEL="WARNING",
-        )
-        server = Child("job-service", [str(BIN / "videojobs-server")], env)
-        try:
-            await asyncio.to_thread(server.wait_ready)
+        async with job_service(root / "data") as server:
             rates = []
             for size in SIZES:
                 count = await asyncio.to_thread(grow, root / "data" / "videojobs.db", size)
@@ -121,16 +113,11 @@ async def run() -> None:
             print(
                 f"submit growth: from empty to {SIZES[-1]} jobs: {change:+.0f} % (target within 10 %)"
             )
-        finally:
-            server.stop()
 
 
 def main() -> None:
     """Runs the measurement and prints it; exits 0 whatever it finds."""
-    try:
-        asyncio.run(run())
-    except (Exception, SystemExit) as exc:  # noqa: BLE001 - a benchmark reports, never fails
-        print(f"submit growth: benchmark did not complete: {type(exc).__name__}: {exc}")
+    report_only("submit growth", run)
 
 
 if __name__ == "__main__":

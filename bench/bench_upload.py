@@ -13,7 +13,6 @@ upload >= 80 % of the raw stream; RSS growth <= 64 MiB for 1 GiB).
 from __future__ import annotations
 
 import asyncio
-import os
 import struct
 import sys
 import tempfile
@@ -22,9 +21,10 @@ import time
 from pathlib import Path
 
 import grpc
+from benchkit import job_service, report_only, service_env
 
 from videojobs.client import DEFAULT_CHUNK_SIZE, AsyncJobClient
-from videojobs.stack.__main__ import BIN, Child
+from videojobs.stack.__main__ import Child
 from videojobs.stack.sample_video import write_sample_video
 
 MIB = 1024 * 1024
@@ -153,22 +153,13 @@ async def run() -> None:
         root = Path(scratch)
         path = root / "big.mp4"
         size = make_big_mp4(path)
-        env = dict(
-            {k: v for k, v in os.environ.items() if not k.startswith("VIDEOJOBS_")},
-            VIDEOJOBS_DATA_DIR=str(root / "data"),
-            VIDEOJOBS_LISTEN="127.0.0.1:0",
-            VIDEOJOBS_LOG_LEVEL="WARNING",
-            VIDEOJOBS_MIN_FREE_BYTES="0",
-        )
-        server = Child("job-service", [str(BIN / "videojobs-server")], env)
-        sink = Child("sink", [sys.executable, __file__, "--sink"], env)
-        try:
-            await asyncio.to_thread(server.wait_ready)
-            await asyncio.to_thread(sink.wait_ready)
-            await measure(server, sink, path, size)
-        finally:
-            sink.stop()
-            server.stop()
+        async with job_service(root / "data", MIN_FREE_BYTES="0") as server:
+            sink = Child("sink", [sys.executable, __file__, "--sink"], service_env(root / "sink"))
+            try:
+                await asyncio.to_thread(sink.wait_ready)
+                await measure(server, sink, path, size)
+            finally:
+                sink.stop()
 
 
 def main() -> None:
@@ -176,10 +167,7 @@ def main() -> None:
     if sys.argv[1:] == ["--sink"]:
         sink_main()
         return
-    try:
-        asyncio.run(run())
-    except (Exception, SystemExit) as exc:  # noqa: BLE001 - a benchmark reports, never fails
-        print(f"upload: benchmark did not complete: {type(exc).__name__}: {exc}")
+    report_only("upload", run)
 
 
 if __name__ == "__main__":
