@@ -139,3 +139,11 @@ async def test_get_stats_refuses_a_window_out_of_range(job_service, seconds):
     error = rich_error(caught.value)
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "window" in error.violations
+
+
+async def test_get_stats_refuses_a_tenant_name_longer_than_any_tenant(job_service):
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await job_service.stub.GetStats(js.GetStatsRequest(tenant="t" * 65))
+    error = rich_error(caught.value)
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "tenant" in error.violations

@@ -19,6 +19,8 @@ from videojobs.pipelines.specs import SAMPLING_SPEC
 
 DEFAULT_STATS_WINDOW = timedelta(hours=1)
 MAX_STATS_WINDOW = timedelta(days=30)
+# Tenant names are stored in 64 characters (jobs.tenant).
+MAX_TENANT_CHARS = 64
 
 
 @dataclass(frozen=True)
@@ -143,13 +145,18 @@ class Discovery:
         tenant or the one named.
 
         Raises:
-            ServiceError: INVALID_ARGUMENT for a negative window or one over 30 days.
+            ServiceError: INVALID_ARGUMENT for a negative window, one over 30
+                days, or a tenant name longer than a tenant can be.
         """
         if window is None or window == timedelta(0):
             window = DEFAULT_STATS_WINDOW
         if window < timedelta(0) or window > MAX_STATS_WINDOW:
             raise errors.invalid_argument(
                 "the window is out of range", [("window", "must be 0 (1 hour) to 30 days")]
+            )
+        if len(tenant) > MAX_TENANT_CHARS:
+            raise errors.invalid_argument(
+                "tenant is too long", [("tenant", f"at most {MAX_TENANT_CHARS} characters")]
             )
         scope = (tenant or None) if principal.is_admin else principal.tenant
         window_start = utc_now() - window

@@ -241,7 +241,7 @@ class JobServiceServicer:
         tenant, or the one named.
 
         Errors: INVALID_ARGUMENT for a window that is negative or longer than
-        30 days.
+        30 days, or a tenant name over 64 characters.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
