@@ -9,6 +9,7 @@ import hashlib
 import grpc
 import pytest
 
+from videojobs.jobservice.limits import WRITE_BATCH_BYTES
 from videojobs.storage import StorageKey
 from videojobs.v1 import blob_service_pb2 as bs
 from videojobs.v1 import blob_service_pb2_grpc, job_pb2
@@ -183,12 +184,15 @@ async def test_reads_follow_the_jobs_they_belong_to(job_service, blobs, sample_m
 async def test_one_stream_at_a_time_per_key(job_service, blobs, sample_mp4):
     key = "uploads/" + "g" * 32
     release = asyncio.Event()
-    head = 8192
+    # A whole write batch: job-service stores it at once (smaller chunks are
+    # gathered first), so the stream's progress shows in its status.
+    head = WRITE_BATCH_BYTES
+    data = sample_mp4 + bytes(head)
 
     async def slow():
-        yield bs.WriteRequest(key=key, write_offset=0, data=sample_mp4[:head])
+        yield bs.WriteRequest(key=key, write_offset=0, data=data[:head])
         await release.wait()
-        yield bs.WriteRequest(write_offset=head, data=sample_mp4[head:], finish_write=True)
+        yield bs.WriteRequest(write_offset=head, data=data[head:], finish_write=True)
 
     first = blobs.Write(slow())
     from support.waiting import eventually
@@ -197,8 +201,8 @@ async def test_one_stream_at_a_time_per_key(job_service, blobs, sample_mp4):
         status = await blobs.QueryWriteStatus(bs.QueryWriteStatusRequest(key=key))
         return status.committed_size == head
 
-    # The local store's resumable file grows as bytes arrive: the first
-    # stream holds the key once its head is there.
+    # The local store's resumable file grows as batches are stored: the
+    # first stream holds the key once its head is there.
     await eventually(first_is_writing, what="the first stream to hold the key")
     second = await _error(_write(blobs, key, b"", finish=False, offset=head))
     assert second.code == grpc.StatusCode.ABORTED and second.reason == "WRITE_IN_PROGRESS"

@@ -36,9 +36,10 @@ from videojobs.jobservice.domain import (
     is_staged_upload_key,
     job_id_of,
 )
-from videojobs.jobservice.limits import MAX_CHUNK_BYTES, MAX_LEASE_TOKEN_CHARS
+from videojobs.jobservice.limits import MAX_CHUNK_BYTES, MAX_LEASE_TOKEN_CHARS, WRITE_BATCH_BYTES
 from videojobs.jobservice.metrics import UPLOAD_BYTES
 from videojobs.jobservice.store import Database
+from videojobs.jobservice.store.models import JobRow
 from videojobs.jobservice.upload_admission import StorageBudget, UploadAdmission
 from videojobs.pipelines.containers import (
     SNIFF_BYTES,
@@ -129,46 +130,46 @@ class BlobAccess:
 
     # -- who may touch what ----------------------------------------------------
 
-    async def _lease_prefix(self, job_id: str, lease_token: str) -> StorageKey | None:
+    @staticmethod
+    def _lease_prefix(row: JobRow | None, lease_token: str) -> StorageKey | None:
         """The output prefix of the attempt `lease_token` currently holds on
-        `job_id`, or None."""
-        if not lease_token or len(lease_token) > MAX_LEASE_TOKEN_CHARS:
+        the job of `row`, or None."""
+        if not lease_token or len(lease_token) > MAX_LEASE_TOKEN_CHARS or row is None:
             return None
+        if row.state != JobState.RUNNING.value or row.lease_token != lease_token:
+            return None
+        return attempt_prefix_for(row.job_id, row.attempt, row.tenant)
+
+    async def _job_row(self, job_id: str) -> JobRow | None:
         async with self._database.reading() as repository:
-            row = await repository.get_row(job_id)
-        if row is None or row.state != JobState.RUNNING.value or row.lease_token != lease_token:
-            return None
-        return attempt_prefix_for(job_id, row.attempt, row.tenant)
+            return await repository.get_row(job_id)
 
     async def may_read(
         self, key: StorageKey, principal: Principal = LOCAL_PRINCIPAL, lease_token: str = ""
     ) -> bool:
-        """Whether the caller may read `key` (see the module docstring)."""
+        """Whether the caller may read `key` (see the module docstring). One
+        read of the job's row decides it."""
         if is_staged_upload_key(key):
             return await self._owns_upload(key, principal)
         job_id = job_id_of(key)
         if job_id is None:
             return False
+        row = await self._job_row(job_id)
+        if row is None:
+            return False
         if principal.role is not Role.WORKER:
-            async with self._database.reading() as repository:
-                job = await repository.get(job_id)
-            if job is None or not principal.sees_tenant(job.tenant):
+            if not principal.sees_tenant(row.tenant):
                 return False
-            if key == job.input_key:
+            if key.value == row.input_key:
                 return True
-            if job.state is JobState.SUCCEEDED and job.output_key is not None:
-                winner = StorageKey(job.output_key.value.rsplit("/", 1)[0])
+            if row.state == JobState.SUCCEEDED.value and row.output_key:
+                winner = StorageKey(row.output_key.rsplit("/", 1)[0])
                 if key.is_within(winner):
                     return True
             if principal.role is Role.CLIENT:
                 return False
-        prefix = await self._lease_prefix(job_id, lease_token)
-        return prefix is not None and (key.is_within(prefix) or await self._is_input(job_id, key))
-
-    async def _is_input(self, job_id: str, key: StorageKey) -> bool:
-        async with self._database.reading() as repository:
-            row = await repository.get_row(job_id)
-        return row is not None and row.input_key == key.value
+        prefix = self._lease_prefix(row, lease_token)
+        return prefix is not None and (key.is_within(prefix) or key.value == row.input_key)
 
     async def _owns_upload(self, key: StorageKey, principal: Principal) -> bool:
         """Whether the staged upload belongs to the principal's tenant (an
@@ -193,9 +194,9 @@ class BlobAccess:
         if principal.role is Role.CLIENT:
             return False
         job_id = job_id_of(key)
-        if job_id is None:
+        if job_id is None or not lease_token:
             return False
-        prefix = await self._lease_prefix(job_id, lease_token)
+        prefix = self._lease_prefix(await self._job_row(job_id), lease_token)
         return prefix is not None and key.is_within(prefix)
 
     async def _claim_upload(self, key: StorageKey, principal: Principal) -> None:
@@ -249,29 +250,25 @@ class BlobAccess:
         if not await self.may_read(key, principal, lease_token):
             raise _not_found(key)
         try:
-            source = await asyncio.to_thread(self._store.open_read, key)
+            # Opening, sizing, seeking and the first chunk take one thread
+            # hand-off (a small object: the whole read, closed in it too).
+            source, size, chunk = await asyncio.to_thread(
+                _open_range, self._store, key, offset, limit
+            )
         except BlobNotFound:
             raise _not_found(key) from None
         try:
-            size = await asyncio.to_thread(_size_of, source)
-            if offset > size:
-                raise errors.invalid_argument(
-                    "read_offset is past the end of the object",
-                    [("read_offset", f"the object holds {size} bytes")],
-                )
-            await asyncio.to_thread(source.seek, offset)
-            remaining = size - offset if limit == 0 else min(limit, size - offset)
-            first = True
-            while remaining > 0 or first:
-                wanted = min(READ_CHUNK_BYTES, remaining)
-                chunk = await asyncio.to_thread(source.read, wanted) if wanted else b""
-                if wanted and not chunk:
+            remaining = (size - offset if limit == 0 else min(limit, size - offset)) - len(chunk)
+            yield chunk, size
+            while remaining > 0 and source is not None:
+                chunk = await asyncio.to_thread(source.read, min(READ_CHUNK_BYTES, remaining))
+                if not chunk:
                     break  # the object shrank under us: end here
                 remaining -= len(chunk)
                 yield chunk, size
-                first = False
         finally:
-            await asyncio.to_thread(source.close)
+            if source is not None:
+                await asyncio.to_thread(source.close)
 
     # -- writes ------------------------------------------------------------------
 
@@ -331,12 +328,25 @@ class BlobAccess:
             self._writing.discard(key.value)
 
     async def _write(self, key, first, messages, staged: bool, reservation) -> WriteStatus:
-        status = await self._status(key)
-        if status.complete and staged:
+        if staged and (await self._status(key)).complete:
             raise errors.already_exists(
                 f"the upload {key.value!r} is already complete", "UPLOAD_COMPLETE"
             )
         writer: ResumableWriter = await asyncio.to_thread(self._store.open_resumable, key)
+        # Chunks are gathered up to WRITE_BATCH_BYTES and handed to a thread
+        # together (one hand-off per batch, not per chunk); what is gathered
+        # is not committed, so a broken stream resumes from before it.
+        gathered = bytearray()
+
+        async def hand_over(finish: bool = False) -> None:
+            data = bytes(gathered)
+            gathered.clear()
+            await asyncio.to_thread(_write_batch, writer, data, finish)
+            if data:
+                UPLOAD_BYTES.inc(len(data))
+                if reservation is not None:
+                    await reservation.wrote(writer.size_bytes)
+
         finished = False
         try:
             # A staged upload's first bytes are held back until they are
@@ -355,7 +365,7 @@ class BlobAccess:
                     raise errors.invalid_argument(
                         "a write stream names one key", [("key", "differs from the first message")]
                     )
-                stands_at = writer.size_bytes + len(pending)
+                stands_at = writer.size_bytes + len(gathered) + len(pending)
                 if message.offset != stands_at:
                     raise errors.invalid_argument(
                         "write_offset is not where the write stands",
@@ -381,17 +391,17 @@ class BlobAccess:
                     _check_head(pending[:SNIFF_BYTES])
                     checked = True
                     data, pending = pending, b""
-                if data:
-                    await asyncio.to_thread(writer.write, data)
-                    UPLOAD_BYTES.inc(len(data))
-                    if reservation is not None:
-                        await reservation.wrote(writer.size_bytes)
+                gathered += data
+                if message.finish:
+                    await hand_over(finish=True)
+                    finished = True
+                elif len(gathered) >= WRITE_BATCH_BYTES:
+                    await hand_over()
                 if writer.size_bytes - last_checkpoint >= CHECKPOINT_EVERY_BYTES:
                     last_checkpoint = await asyncio.to_thread(writer.checkpoint)
-                if message.finish:
-                    await asyncio.to_thread(writer.finish)
-                    finished = True
                 message = await anext(messages, None)
+            if gathered:
+                await hand_over()  # the stream ended without finishing: keep what came
         except errors.ServiceError as exc:
             if exc.reason in ("NOT_A_VIDEO", "UNSUPPORTED_CONTAINER", "UPLOAD_TOO_LARGE"):
                 # A refused upload keeps nothing, committed bytes included.
@@ -411,6 +421,13 @@ class BlobAccess:
         return WriteStatus(committed, False)
 
 
+def _write_batch(writer: ResumableWriter, data: bytes, finish: bool) -> None:
+    if data:
+        writer.write(data)
+    if finish:
+        writer.finish()
+
+
 def _check_head(head: bytes) -> None:
     try:
         sniff_container(head)
@@ -426,6 +443,30 @@ def _check_head(head: bytes) -> None:
             [("data", "the first bytes start no supported container")],
             reason="NOT_A_VIDEO",
         ) from None
+
+
+def _open_range(store: BlobStore, key: StorageKey, offset: int, limit: int):
+    """(source, size, first chunk) of a read of `key` from `offset` (at most
+    `limit` bytes, 0: to the end); source is None when the first chunk holds
+    all there is to read (it is closed already)."""
+    source = store.open_read(key)
+    try:
+        size = _size_of(source)
+        if offset > size:
+            raise errors.invalid_argument(
+                "read_offset is past the end of the object",
+                [("read_offset", f"the object holds {size} bytes")],
+            )
+        source.seek(offset)
+        wanted = size - offset if limit == 0 else min(limit, size - offset)
+        chunk = source.read(min(READ_CHUNK_BYTES, wanted)) if wanted else b""
+        if len(chunk) >= wanted or not chunk:
+            source.close()
+            return None, size, chunk
+        return source, size, chunk
+    except BaseException:
+        source.close()
+        raise
 
 
 def _size_of(source) -> int:

@@ -25,6 +25,9 @@ MAX_PARAMETER_STRING_CHARS = 1024
 MAX_PARAMETER_DEPTH = 4
 MAX_CANCEL_REASON_BYTES = 256
 MAX_CHUNK_BYTES = 4 * MIB
+# Received upload chunks are written to storage in batches of about this many
+# bytes: one thread hand-off per batch, not per chunk.
+WRITE_BATCH_BYTES = 4 * MIB
 MAX_PAGE_TOKEN_CHARS = 512
 # A ListJobs page stops growing here, so it always fits the default 4 MiB.
 MAX_LIST_PAGE_BYTES = 3 * MIB

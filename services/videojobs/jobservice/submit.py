@@ -42,7 +42,12 @@ from videojobs.jobservice.domain import (
     submit_staging_key,
     utc_now,
 )
-from videojobs.jobservice.limits import MAX_CHUNK_BYTES, MAX_REQUEST_ID_CHARS, UploadLimits
+from videojobs.jobservice.limits import (
+    MAX_CHUNK_BYTES,
+    MAX_REQUEST_ID_CHARS,
+    WRITE_BATCH_BYTES,
+    UploadLimits,
+)
 from videojobs.jobservice.metrics import UPLOAD_BYTES
 from videojobs.jobservice.store import Database
 from videojobs.jobservice.store.models import JobRow
@@ -236,9 +241,21 @@ class SubmitService:
         job_id = new_job_id()
         staged = submit_staging_key(job_id, tenant)
         writer: BlobWriter | None = None
+        # The first bytes wait in `head` until they say what this is; later
+        # chunks are gathered up to WRITE_BATCH_BYTES and handed to a thread
+        # together, one hand-off per batch rather than per chunk.
         head = b""
+        gathered = bytearray()
         container: ContainerFormat | None = None
         committed = False
+
+        async def hand_over() -> None:
+            data = bytes(gathered)
+            gathered.clear()
+            await asyncio.to_thread(writer.write, data)
+            UPLOAD_BYTES.inc(len(data))
+            await reservation.wrote(writer.size_bytes)
+
         try:
             async for chunk in chunks:
                 if len(chunk) > MAX_CHUNK_BYTES:
@@ -249,8 +266,8 @@ class SubmitService:
                     )
                 if not chunk:
                     continue
-                size = (writer.size_bytes if writer else 0) + len(head) + len(chunk)
-                if size > self._limits.max_upload_bytes:
+                received = (writer.size_bytes if writer else 0) + len(gathered) + len(head)
+                if received + len(chunk) > self._limits.max_upload_bytes:
                     raise self._too_large()
                 if container is None:
                     # Nothing is stored before the first bytes say what this is.
@@ -260,9 +277,9 @@ class SubmitService:
                     container = _identify(head)
                     writer = await asyncio.to_thread(self._blob_store.open_writer, staged)
                     chunk, head = head, b""
-                await asyncio.to_thread(writer.write, chunk)
-                UPLOAD_BYTES.inc(len(chunk))
-                await reservation.wrote(writer.size_bytes)
+                gathered += chunk
+                if len(gathered) >= WRITE_BATCH_BYTES:
+                    await hand_over()
             if container is None:
                 if not head:
                     raise errors.invalid_argument(
@@ -270,8 +287,9 @@ class SubmitService:
                     )
                 container = _identify(head)
                 writer = await asyncio.to_thread(self._blob_store.open_writer, staged)
-                await asyncio.to_thread(writer.write, head)
-                UPLOAD_BYTES.inc(len(head))
+                gathered += head
+            if gathered:
+                await hand_over()
             size, sha256 = writer.size_bytes, writer.sha256_hex()
             self._check_received(header, size, sha256)
             await asyncio.to_thread(writer.commit)

@@ -23,6 +23,8 @@ from datetime import UTC
 from typing import BinaryIO, TypeVar
 
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from videojobs.storage.blobstore import (
     BlobInfo,
@@ -178,7 +180,25 @@ class RemoteBlobStore:
         job-service has committed, resuming after a dropped connection.
         `source` holds the object's bytes from offset `origin` on."""
 
+        # The first try starts where this writer believes job-service stands
+        # (`origin`: 0 for a new object, the last committed size when
+        # resuming), saving a QueryWriteStatus round trip per object. Only a
+        # refused offset, or a retry after a broken stream, asks first.
+        optimistic = True
+
         def attempt() -> pb.WriteResponse:
+            nonlocal optimistic
+            if optimistic:
+                optimistic = False
+                try:
+                    return self._stub.Write(
+                        _write_messages(key, source, origin, size, finish, origin),
+                        metadata=self._metadata,
+                        timeout=CALL_TIMEOUT_SECONDS,
+                    )
+                except grpc.RpcError as exc:
+                    if not _offset_refused(exc):
+                        raise
             status = self._query(key)
             start = 0 if status.complete else status.committed_size
             if start < origin or start > size:
@@ -258,6 +278,22 @@ def _write_messages(
         offset += len(chunk)
         if last:
             return
+
+
+def _offset_refused(exc: grpc.RpcError) -> bool:
+    """Whether job-service refused a Write because its write stands elsewhere
+    (INVALID_ARGUMENT with a field violation on `write_offset`)."""
+    if not hasattr(exc, "code") or exc.code() != grpc.StatusCode.INVALID_ARGUMENT:
+        return False
+    try:
+        status = rpc_status.from_call(exc)
+    except ValueError:
+        return False
+    for detail in status.details if status is not None else ():
+        request = error_details_pb2.BadRequest()
+        if detail.Unpack(request):
+            return any(v.field == "write_offset" for v in request.field_violations)
+    return False
 
 
 def _store_error(key: StorageKey, exc: grpc.RpcError) -> BlobStoreError:
