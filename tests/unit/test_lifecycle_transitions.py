@@ -273,25 +273,32 @@ async def job_in(store: FakeJobStore, state: JobState, **overrides: object) -> J
 # -- the table ----------------------------------------------------------------
 
 Op = Callable[[FakeJobStore, JobRow], Awaitable[object]]
-NoticesFor = Callable[[str, str | None], list[Notice]]
+# What an operation announces, from the row after it and the lease token before it.
+NoticesFor = Callable[[JobRow, str | None], list[Notice]]
 
 
-def _none(job_id: str, token: str | None) -> list[Notice]:
+def _none(row: JobRow, token: str | None) -> list[Notice]:
     return []
 
 
-def _lease_granted(job_id: str, token: str | None) -> list[Notice]:
-    return [LeaseGranted()]
+def _lease_granted(row: JobRow, token: str | None) -> list[Notice]:
+    # The reaper hears the new lease's earliest deadline with it.
+    return [LeaseGranted(min(row.lease_expires_at, row.execution_deadline_at))]
 
 
-def _queued(job_id: str, token: str | None) -> list[Notice]:
-    return [JobsQueued()]
+def queued_notice(row: JobRow) -> JobsQueued:
+    """The JobsQueued a row now QUEUED announces: its backoff end and queue deadline."""
+    return JobsQueued(row.available_at, row.queue_deadline_at)
+
+
+def _queued(row: JobRow, token: str | None) -> list[Notice]:
+    return [queued_notice(row)]
 
 
 def _stop(reason: StopReason, *, queued: bool) -> NoticesFor:
-    def notices(job_id: str, token: str | None) -> list[Notice]:
+    def notices(row: JobRow, token: str | None) -> list[Notice]:
         assert token is not None
-        return ([JobsQueued()] if queued else []) + [StopLease(job_id, token, reason)]
+        return ([queued_notice(row)] if queued else []) + [StopLease(row.job_id, token, reason)]
 
     return notices
 
@@ -530,7 +537,7 @@ async def run_allowed(
         expected_attempts[(row.job_id, row.attempt)] = opened
     assert store.attempts == expected_attempts
 
-    assert store.notices[notices_before:] == expected.notices(row.job_id, before["lease_token"])
+    assert store.notices[notices_before:] == expected.notices(row, before["lease_token"])
     return row, new_events
 
 
@@ -596,7 +603,7 @@ async def test_accept_inserts_the_job_with_its_first_event(store: FakeJobStore) 
     assert event.sequence == 1
     assert event.payload == StateChanged(None, JobState.QUEUED, "accepted")
     assert event.job_state is JobState.QUEUED
-    assert store.notices == [JobsQueued()]
+    assert store.notices == [queued_notice(row)]
     assert store.attempts == {}
 
 
@@ -649,7 +656,7 @@ async def test_retryable_failure_with_attempts_left_requeues_after_the_backoff(
     assert event.payload.from_state is JobState.RUNNING
     assert event.payload.to_state is JobState.QUEUED
     assert ERROR.message in event.payload.reason
-    assert store.notices[-1] == JobsQueued()
+    assert store.notices[-1] == queued_notice(row)
 
 
 async def test_the_retried_job_gets_a_new_attempt_record(store: FakeJobStore) -> None:
@@ -729,7 +736,10 @@ async def test_time_out_attempt_is_a_retryable_timed_out_failure(
     assert attempt.outcome is AttemptOutcome.TIMED_OUT
     assert attempt.error is not None
     assert (attempt.error.code, attempt.error.reason) == ("DEADLINE_EXCEEDED", "EXECUTION_TIMEOUT")
-    assert store.notices[-2:] == [JobsQueued(), StopLease(JOB_ID, token, StopReason.TIMED_OUT)]
+    assert store.notices[-2:] == [
+        queued_notice(row),
+        StopLease(JOB_ID, token, StopReason.TIMED_OUT),
+    ]
 
 
 async def test_time_out_of_the_last_attempt_fails_the_job_timed_out(store: FakeJobStore) -> None:
@@ -743,7 +753,7 @@ async def test_time_out_of_the_last_attempt_fails_the_job_timed_out(store: FakeJ
     assert store.attempts[(JOB_ID, 1)].outcome is AttemptOutcome.TIMED_OUT
     assert isinstance(store.events[-1].payload, Failed)
     assert store.notices[-1] == StopLease(JOB_ID, token, StopReason.TIMED_OUT)
-    assert JobsQueued() not in store.notices[1:]
+    assert not any(isinstance(n, JobsQueued) for n in store.notices[1:])
 
 
 async def test_time_out_in_queue_fails_with_the_queue_timeout(store: FakeJobStore) -> None:
@@ -771,7 +781,7 @@ async def test_lose_attempt_requeues_at_once_and_counts_the_loss(store: FakeJobS
     assert store.events[-1].payload == StateChanged(
         JobState.RUNNING, JobState.QUEUED, "worker vanished"
     )
-    assert store.notices[-1] == JobsQueued()
+    assert store.notices[-1] == queued_notice(row)
 
 
 async def test_losing_more_leases_than_the_policy_allows_aborts_the_job(
@@ -804,7 +814,7 @@ async def test_hand_back_is_not_a_lost_lease(store: FakeJobStore) -> None:
     assert row.attempt == 2 and row.lease_losses == 0
     assert store.attempts[(JOB_ID, 1)].outcome is AttemptOutcome.HANDED_BACK
     assert "w-1" in store.events[-1].payload.reason
-    assert store.notices[-1] == JobsQueued()
+    assert store.notices[-1] == queued_notice(row)
 
 
 async def test_expire_lease_tells_the_holder_to_stop(store: FakeJobStore) -> None:
@@ -813,7 +823,10 @@ async def test_expire_lease_tells_the_holder_to_stop(store: FakeJobStore) -> Non
     await lifecycle.expire_lease(store, row, POLICY)
     assert row.state == JobState.QUEUED.value and row.lease_losses == 1
     assert store.attempts[(JOB_ID, 1)].outcome is AttemptOutcome.LEASE_LOST
-    assert store.notices[-2:] == [JobsQueued(), StopLease(JOB_ID, token, StopReason.LEASE_EXPIRED)]
+    assert store.notices[-2:] == [
+        queued_notice(row),
+        StopLease(JOB_ID, token, StopReason.LEASE_EXPIRED),
+    ]
 
 
 # -- progress -----------------------------------------------------------------
@@ -893,7 +906,7 @@ async def test_cancel_of_a_queued_job_sends_no_stop(store: FakeJobStore) -> None
         "client asked",
         "JOB_CANCELLED",
     )
-    assert store.notices == [JobsQueued()]  # only accept's
+    assert store.notices == [queued_notice(row)]  # only accept's
     assert store.events[-1].payload == Cancelled("client asked")
 
 

@@ -4,6 +4,7 @@ NOTIFY (`videojobs.jobservice.notices`)."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 
@@ -29,9 +30,14 @@ def job_id(n: int) -> str:
     return f"{n:032x}"
 
 
+T1 = datetime(2030, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+T2 = datetime(2030, 1, 2, 3, 5, 0, tzinfo=UTC)
+
 EVERY_KIND = [
     JobsQueued(),
+    JobsQueued(T1, T2),
     LeaseGranted(),
+    LeaseGranted(T2),
     EventsAppended(frozenset({job_id(1), job_id(2)})),
     *(StopLease(job_id(3), f"token-{reason.value}", reason) for reason in StopReason),
     WorkerConnected("worker-a", "session-1"),
@@ -62,7 +68,7 @@ def test_a_mix_of_kinds_survives_a_round_trip() -> None:
     assert origins == {ORIGIN}
     # Decoding gathers the job ids of a message into one EventsAppended (last).
     assert sorted(decoded, key=repr) == sorted(merge(EVERY_KIND), key=repr)
-    assert len(decoded) == len(EVERY_KIND)
+    assert len(decoded) == len(merge(EVERY_KIND))
 
 
 def test_merge_drops_repeats() -> None:
@@ -147,6 +153,8 @@ def test_unknown_and_malformed_items_are_skipped() -> None:
                 ["w", "worker-a", "session-1"],
                 ["w", "worker-b"],
                 ["q", "extra"],
+                ["Q", "not a time", None],
+                ["L", True],
                 ["r", 1],
                 "junk",
                 None,
@@ -160,7 +168,8 @@ def test_unknown_and_malformed_items_are_skipped() -> None:
     assert decode(message) == (
         "replica-new",
         [
-            JobsQueued(),
+            # A bare "q" (an older replica) says nothing about times.
+            JobsQueued(known=False),
             WorkerConnected("worker-a", "session-1"),
             StopLease(job_id(4), "token-4", StopReason.CANCELLED),
             EventsAppended(frozenset({job_id(1)})),
@@ -171,3 +180,36 @@ def test_unknown_and_malformed_items_are_skipped() -> None:
 def test_a_message_without_origin_or_items_decodes_to_nothing() -> None:
     assert decode("{}") == ("", [])
     assert decode(json.dumps({"o": ORIGIN, "n": []})) == (ORIGIN, [])
+
+
+def test_times_of_several_notices_merge_to_the_earliest() -> None:
+    merged = merge(
+        [
+            JobsQueued(None, T2),
+            LeaseGranted(T2),
+            JobsQueued(T1, None),
+            LeaseGranted(T1),
+            JobsQueued(T2, T1),
+        ]
+    )
+    assert merged == [JobsQueued(T1, T1), LeaseGranted(T1)]
+    (message,) = encode(ORIGIN, merged)
+    assert decode(message) == (ORIGIN, merged)
+
+
+def test_a_notice_without_times_from_an_older_replica_makes_the_merge_unknown() -> None:
+    assert merge([JobsQueued(T1, T2), JobsQueued(known=False)]) == [JobsQueued(T1, T2, known=False)]
+    older = json.dumps({"o": "replica-old", "n": [["l"], ["q"]]})
+    assert decode(older) == (
+        "replica-old",
+        [LeaseGranted(known=False), JobsQueued(known=False)],
+    )
+
+
+def test_an_older_replica_still_finds_its_kinds_in_a_newer_message() -> None:
+    """A newer replica sends "q" and "l" as before, with the times in items
+    of their own, which an older decoder skips as unknown."""
+    (message,) = encode(ORIGIN, [JobsQueued(T1, T2), LeaseGranted(T2)])
+    items = json.loads(message)["n"]
+    assert ["q"] in items and ["l"] in items
+    assert ["Q", T1.timestamp(), T2.timestamp()] in items and ["L", T2.timestamp()] in items

@@ -52,6 +52,7 @@ from videojobs.jobservice.notices import (
     Notice,
     StopLease,
     StopReason,
+    earliest,
 )
 from videojobs.jobservice.store.models import JobRow
 from videojobs.storage import StorageKey
@@ -127,7 +128,7 @@ async def accept(store: JobStore, row: JobRow, pipelines: Sequence[str]) -> None
     await store.add(row)
     store.set_pipelines(row, pipelines)
     store.record(row, StateChanged(None, JobState.QUEUED, "accepted"))
-    store.notify(JobsQueued())
+    store.notify(JobsQueued(row.available_at, row.queue_deadline_at))
 
 
 async def import_ended(
@@ -201,7 +202,7 @@ def assign(
     row.progress_fraction = 0.0
     row.progress_stage = "assigned"
     store.open_attempt(row, worker_id, now)
-    store.notify(LeaseGranted())
+    store.notify(LeaseGranted(earliest(row.lease_expires_at, row.execution_deadline_at)))
 
 
 def adopt(row: JobRow, *, worker_id: str, session_id: str, lease_expires_at: datetime) -> None:
@@ -443,7 +444,7 @@ def _requeue(store: JobStore, row: JobRow, reason: str, delay_seconds: float = 0
     row.progress_stage = "queued" if delay_seconds <= 0 else "waiting to retry"
     row.available_at = now + timedelta(seconds=delay_seconds) if delay_seconds > 0 else None
     _move(store, row, JobState.QUEUED, reason, now)
-    store.notify(JobsQueued())
+    store.notify(JobsQueued(row.available_at, row.queue_deadline_at))
 
 
 def _set_error(row: JobRow, outcome: EventPayload) -> None:

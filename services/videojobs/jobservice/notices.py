@@ -15,6 +15,7 @@ import enum
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 #: PostgreSQL refuses NOTIFY payloads of 8000 bytes or more; stay well below.
@@ -37,14 +38,28 @@ class StopReason(enum.StrEnum):
 @dataclass(frozen=True)
 class JobsQueued:
     """One or more jobs became QUEUED (accepted, or requeued): dispatchers
-    look for work, reapers for a new queue deadline."""
+    look for work, reapers for a new queue deadline.
+
+    With `known`, the notice also says what the change brought, so neither
+    has to read the database for it: `eligible_at`, the earliest end of a
+    retry backoff (None: every such job may run now), and `deadline`, the
+    earliest queue deadline (None: none). A notice from a replica that did
+    not say is `known=False`: look in the database."""
+
+    eligible_at: datetime | None = None
+    deadline: datetime | None = None
+    known: bool = True
 
 
 @dataclass(frozen=True)
 class LeaseGranted:
     """A job was leased: it has a lease expiry and an execution deadline
     now, which every replica's reaper must count (the replica that granted
-    it may be gone when they fall due)."""
+    it may be gone when they fall due). `deadline` is the earlier of the
+    two when `known`."""
+
+    deadline: datetime | None = None
+    known: bool = True
 
 
 @dataclass(frozen=True)
@@ -138,23 +153,51 @@ Notice = (
 )
 
 
+def earliest(*instants: datetime | None) -> datetime | None:
+    """The earliest of the instants given (None ones left out), or None."""
+    present = [instant for instant in instants if instant is not None]
+    return min(present) if present else None
+
+
+def _merge_queued(first: JobsQueued | None, second: JobsQueued) -> JobsQueued:
+    if first is None:
+        return second
+    return JobsQueued(
+        earliest(first.eligible_at, second.eligible_at),
+        earliest(first.deadline, second.deadline),
+        first.known and second.known,
+    )
+
+
+def _merge_leases(first: LeaseGranted | None, second: LeaseGranted) -> LeaseGranted:
+    if first is None:
+        return second
+    return LeaseGranted(earliest(first.deadline, second.deadline), first.known and second.known)
+
+
 def merge(notices: Iterable[Notice]) -> list[Notice]:
-    """`notices` without repeats: one JobsQueued, one EventsAppended of every
-    job, one EventsCommitted of every event (in order), the others in order."""
-    queued = False
+    """`notices` without repeats: one JobsQueued and one LeaseGranted (with
+    the earliest times of those merged), one EventsAppended of every job,
+    one EventsCommitted of every event (in order), the others in order."""
+    queued: JobsQueued | None = None
+    leased: LeaseGranted | None = None
     job_ids: set[str] = set()
     committed: list[Any] = []
     others: list[Notice] = []
     for notice in notices:
         if isinstance(notice, JobsQueued):
-            queued = True
+            queued = _merge_queued(queued, notice)
+        elif isinstance(notice, LeaseGranted):
+            leased = _merge_leases(leased, notice)
         elif isinstance(notice, EventsAppended):
             job_ids |= notice.job_ids
         elif isinstance(notice, EventsCommitted):
             committed.extend(notice.events)
         elif notice not in others:
             others.append(notice)
-    merged: list[Notice] = [JobsQueued()] if queued else []
+    merged: list[Notice] = [queued] if queued is not None else []
+    if leased is not None:
+        merged.append(leased)
     if job_ids:
         merged.append(EventsAppended(frozenset(job_ids)))
     if committed:
@@ -164,10 +207,16 @@ def merge(notices: Iterable[Notice]) -> list[Notice]:
 
 def _as_items(notice: Notice) -> Iterator[list]:
     match notice:
-        case JobsQueued():
+        # "q" and "l" are what every version understands; "Q" and "L" add
+        # the times (versions that do not know them skip them).
+        case JobsQueued(eligible_at, deadline, known):
             yield ["q"]
-        case LeaseGranted():
+            if known:
+                yield ["Q", _epoch(eligible_at), _epoch(deadline)]
+        case LeaseGranted(deadline, known):
             yield ["l"]
+            if known:
+                yield ["L", _epoch(deadline)]
         case EventsAppended(job_ids):
             for job_id in sorted(job_ids):
                 yield ["e", job_id]
@@ -206,13 +255,25 @@ def decode(message: str) -> tuple[str, list[Notice]]:
     data = json.loads(message)
     notices: list[Notice] = []
     job_ids: set[str] = set()
-    for item in data.get("n", []):
+    # JobsQueued and LeaseGranted keep the place of their first item; their
+    # times ("Q", "L") are merged in at the end.
+    queued_at = leased_at = -1
+    queued_seen = leased_seen = 0  # which item came first, for two at one place
+    queued_times: list[JobsQueued] = []
+    lease_times: list[LeaseGranted] = []
+    for number, item in enumerate(data.get("n", [])):
         try:
             match item:
-                case ["q"]:
-                    notices.append(JobsQueued())
-                case ["l"]:
-                    notices.append(LeaseGranted())
+                case ["q"] | ["Q", _, _]:
+                    if item[0] == "Q":
+                        queued_times.append(JobsQueued(_instant(item[1]), _instant(item[2])))
+                    if queued_at < 0:
+                        queued_at, queued_seen = len(notices), number
+                case ["l"] | ["L", _]:
+                    if item[0] == "L":
+                        lease_times.append(LeaseGranted(_instant(item[1])))
+                    if leased_at < 0:
+                        leased_at, leased_seen = len(notices), number
                 case ["e", str(job_id)]:
                     job_ids.add(job_id)
                 case ["s", str(job_id), str(token), str(reason)]:
@@ -221,8 +282,38 @@ def decode(message: str) -> tuple[str, list[Notice]]:
                     notices.append(WorkerConnected(worker_id, session_id))
                 case ["r"]:
                     notices.append(Resync())
-        except ValueError:
+        except (ValueError, TypeError, OverflowError):
             continue
+    # Without its times (an older replica sent it), a JobsQueued or a
+    # LeaseGranted says only "look in the database". Inserted from the back,
+    # so the earlier place stays right.
+    placed: list[tuple[int, int, Notice]] = []
+    if queued_at >= 0:
+        merged_queued = None
+        for notice in queued_times or [JobsQueued(known=False)]:
+            merged_queued = _merge_queued(merged_queued, notice)
+        placed.append((queued_at, queued_seen, merged_queued))
+    if leased_at >= 0:
+        merged_lease = None
+        for notice in lease_times or [LeaseGranted(known=False)]:
+            merged_lease = _merge_leases(merged_lease, notice)
+        placed.append((leased_at, leased_seen, merged_lease))
+    # The later of two at one place goes in first, so the earlier ends first.
+    for index, _, notice in sorted(placed, key=lambda p: (p[0], p[1]), reverse=True):
+        notices.insert(index, notice)
     if job_ids:
         notices.append(EventsAppended(frozenset(job_ids)))
     return str(data.get("o", "")), notices
+
+
+def _epoch(instant: datetime | None) -> float | None:
+    return None if instant is None else instant.timestamp()
+
+
+def _instant(value: Any) -> datetime | None:
+    """An instant sent as epoch seconds (or None); anything else is a ValueError."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"not an instant: {value!r}")
+    return datetime.fromtimestamp(value, UTC)

@@ -142,11 +142,15 @@ class DispatchCoordinator:
     def on_notice(self, notice: Notice) -> None:
         """A notice from this or another replica (after its commit)."""
         match notice:
-            case JobsQueued() | Resync():
-                self.dispatcher.wake()
+            case JobsQueued(eligible_at, deadline, known):
+                self.dispatcher.wake(eligible_at, known=known)
+                self.reaper.wake(deadline, known=known)
+            case Resync():
+                self.dispatcher.wake(known=False)
                 self.reaper.wake()
-            case LeaseGranted():
-                self.reaper.wake()  # a new lease expiry and execution deadline
+            case LeaseGranted(deadline, known):
+                # A new lease expiry and execution deadline.
+                self.reaper.wake(deadline, known=known)
             case StopLease(job_id, lease_token, reason):
                 if self._sessions.stop(job_id, lease_token, reason):
                     self.dispatcher.wake()

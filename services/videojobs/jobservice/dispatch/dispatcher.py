@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from videojobs.common.aio import wait_event
 from videojobs.common.failures import RepeatedFailureLog
@@ -21,6 +21,7 @@ from videojobs.common.tracing import job_span
 from videojobs.jobservice import lifecycle
 from videojobs.jobservice.dispatch.sessions import SessionTable, WorkerSession
 from videojobs.jobservice.domain import Assignment, attempt_prefix_for, new_lease_token, utc_now
+from videojobs.jobservice.notices import earliest
 from videojobs.jobservice.store import Database
 from videojobs.storage import StorageKey
 
@@ -54,9 +55,20 @@ class Dispatcher:
         self._policy = policy
         self._wake = asyncio.Event()
         self._failures = RepeatedFailureLog(log, "dispatch round")
+        # When the next job backing off becomes eligible, as far as wake-ups
+        # said; unknown (read from the database) at start, after one became
+        # eligible, and after a wake-up that did not say.
+        self._eligible_unknown = True
+        self._next_eligible: datetime | None = None
 
-    def wake(self) -> None:
-        """Look for work now."""
+    def wake(self, eligible_at: datetime | None = None, *, known: bool = True) -> None:
+        """Look for work now. `eligible_at`: a job backing off until then was
+        queued; `known=False`: jobs were queued and nobody said until when
+        they back off (the next round reads it)."""
+        if not known:
+            self._eligible_unknown = True
+        elif eligible_at is not None:
+            self._next_eligible = earliest(self._next_eligible, eligible_at)
         self._wake.set()
 
     async def run(self) -> None:
@@ -74,13 +86,20 @@ class Dispatcher:
                 self._failures.succeeded()
             except Exception as exc:  # noqa: BLE001 - the loop must survive a database hiccup
                 self._failures.failed(exc)
+                self._eligible_unknown = True
                 timeout = loop_backoff(self._failures.failures)
 
-    async def _until_next_eligible(self, since) -> float:
+    async def _until_next_eligible(self, since: datetime) -> float:
         """Seconds until the next job backing off since `since` becomes
-        eligible (0: one already is), at most the resync interval."""
-        async with self._database.reading() as repository:
-            eligible_at = await repository.next_available_at(since)
+        eligible (0: one already is), at most the resync interval. Read from
+        the database only when wake-ups did not say, or when the one they
+        said is no longer ahead (the round took it; the next is unknown)."""
+        known = self._next_eligible
+        if self._eligible_unknown or (known is not None and known <= since):
+            self._eligible_unknown = False
+            async with self._database.reading() as repository:
+                self._next_eligible = await repository.next_available_at(since)
+        eligible_at = self._next_eligible
         now = utc_now()
         if eligible_at is None:
             return self._resync_interval
@@ -88,23 +107,32 @@ class Dispatcher:
         return min(until, self._resync_interval)
 
     async def dispatch_round(self) -> None:
-        """Assigns jobs until no ready session gets one."""
-        handed_out = True
-        while handed_out:
-            handed_out = False
-            for session in self._sessions.ready():
-                if await self.assign_one(session):
-                    handed_out = True
+        """Assigns jobs, one per ready session in turn (most free slots
+        first), until none is left for any of them. A claim also sees whether
+        another job waits for that session, so the round never spends a
+        transaction on finding nothing."""
+        exhausted: set[str] = set()
+        while True:
+            ready = [s for s in self._sessions.ready() if s.session_id not in exhausted]
+            if not ready:
+                return
+            for session in ready:
+                handed_out, more = await self.assign_one(session)
+                if not (handed_out and more):
+                    exhausted.add(session.session_id)
 
-    async def assign_one(self, session: WorkerSession) -> bool:
-        """Claims the next job `session`'s worker can run and queues its assignment."""
+    async def assign_one(self, session: WorkerSession) -> tuple[bool, bool]:
+        """Claims the next job `session`'s worker can run and queues its
+        assignment; says whether it did, and whether another job was waiting
+        for this worker when it claimed."""
         token = new_lease_token()
         now = utc_now()
         expiry = now + timedelta(seconds=self._lease_duration)
         async with self._database.transaction() as repository:
-            row = await repository.next_claimable(session.pipelines, now)
-            if row is None:
-                return False
+            rows = await repository.claimable(session.pipelines, now, 2)
+            if not rows:
+                return False, False
+            row, more = rows[0], len(rows) > 1
             queued_since = lifecycle.eligible_since(row)
             lifecycle.assign(
                 repository,
@@ -138,7 +166,7 @@ class Dispatcher:
                         f"worker {session.worker_id} disconnected",
                         policy=self._policy,
                     )
-            return False
+            return False, False
         session.leases[assignment.job_id] = token
         session.outbox.put_nowait(assignment)
         # A span of the job's trace from when it could run to its assignment.
@@ -162,4 +190,4 @@ class Dispatcher:
                 assignment.attempt,
                 session.worker_id,
             )
-        return True
+        return True, more

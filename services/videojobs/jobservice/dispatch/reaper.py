@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import datetime
 
 from videojobs.common.aio import wait_event
 from videojobs.common.failures import RepeatedFailureLog
@@ -20,6 +21,7 @@ from videojobs.common.logs import log_context
 from videojobs.jobservice import lifecycle
 from videojobs.jobservice.dispatch.dispatcher import loop_backoff
 from videojobs.jobservice.domain import JobState, utc_now
+from videojobs.jobservice.notices import earliest
 from videojobs.jobservice.store import Database
 
 log = logging.getLogger(__name__)
@@ -39,20 +41,42 @@ class DeadlineReaper:
         self._resync_interval = resync_interval
         self._wake = asyncio.Event()
         self._failures = RepeatedFailureLog(log, "deadline check")
+        # The next deadline needs a database read (at start, after a timer
+        # fired, after a wake-up that did not say which deadline it brought).
+        self._must_read = True
+        # The earliest deadline wake-ups brought since the last look.
+        self._hint: datetime | None = None
 
-    def wake(self) -> None:
-        """A deadline may have come nearer: look again."""
+    def wake(self, deadline: datetime | None = None, *, known: bool = False) -> None:
+        """A deadline may have come nearer: look again. With `known`, the
+        caller says which (`deadline`; None: none), and the reaper takes it
+        without reading the database."""
+        if not known:
+            self._must_read = True
+        elif deadline is None:
+            return
+        else:
+            self._hint = earliest(self._hint, deadline)
         self._wake.set()
 
     async def run(self) -> None:
-        """The reaper loop (until cancelled): one read of the next deadline
-        per wake-up, then the handling of whatever is due."""
+        """The reaper loop (until cancelled): the next deadline from the
+        database at start and whenever a timer fires, else from what wake-ups
+        said; what is due is handled as the database has it."""
+        next_deadline: datetime | None = None
         while True:
-            # Cleared before reading the database, so a wake-up that arrives
-            # while we read is not lost.
+            # Cleared before reading, so a wake-up that arrives meanwhile is not lost.
             self._wake.clear()
+            hint, self._hint = self._hint, None
             try:
-                next_deadline = await self._next_deadline()
+                if self._must_read:
+                    self._must_read = False
+                    next_deadline = await self._next_deadline()
+                else:
+                    next_deadline = earliest(next_deadline, hint)
+                    if next_deadline is not None and next_deadline <= utc_now():
+                        # Due as far as wake-ups said: the database decides.
+                        next_deadline = await self._next_deadline()
                 while next_deadline is not None and next_deadline <= utc_now():
                     handled = await self._handle_due()
                     next_deadline = await self._next_deadline()
@@ -67,8 +91,12 @@ class DeadlineReaper:
                 self._failures.succeeded()
             except Exception as exc:  # noqa: BLE001 - the loop must survive a database hiccup
                 self._failures.failed(exc)
+                self._must_read = True
                 timeout = loop_backoff(self._failures.failures)
-            await wait_event(self._wake, timeout)
+            if not await wait_event(self._wake, timeout):
+                # A deadline (or the resync interval) came: the database says
+                # what is due and what comes next (leases renewed meanwhile).
+                self._must_read = True
 
     async def _next_deadline(self):
         async with self._database.reading() as repository:

@@ -43,6 +43,7 @@ from videojobs.jobservice.store.models import (
     UtcDateTime,
     WorkerSessionRow,
 )
+from videojobs.pipelines.plan import KEY_SEPARATOR
 from videojobs.storage import StorageKey
 
 
@@ -143,17 +144,8 @@ class JobRepository:
         ids = [r.job_id for r in rows]
         artifacts = await self._artifacts_for(ids)
         attempts = await self._attempts_for(ids)
-        pipelines = await self._pipelines_for(ids)
         return [
-            (
-                r.position,
-                _to_job(
-                    r,
-                    artifacts.get(r.job_id, ()),
-                    attempts.get(r.job_id, ()),
-                    pipelines.get(r.job_id, ()),
-                ),
-            )
+            (r.position, _to_job(r, artifacts.get(r.job_id, ()), attempts.get(r.job_id, ())))
             for r in rows
         ]
 
@@ -334,7 +326,14 @@ class JobRepository:
 
     async def next_claimable(self, pipelines: Iterable[str], now: datetime) -> JobRow | None:
         """The first queued job (smallest dispatch rank, not backing off) whose
-        every pipeline is one of `pipelines`, locked for this transaction.
+        every pipeline is one of `pipelines`, locked for this transaction."""
+        rows = await self.claimable(pipelines, now, 1)
+        return rows[0] if rows else None
+
+    async def claimable(self, pipelines: Iterable[str], now: datetime, limit: int) -> list[JobRow]:
+        """The first `limit` queued jobs (smallest dispatch rank, not backing
+        off) whose every pipeline is one of `pipelines`, locked for this
+        transaction.
 
         On PostgreSQL rows another replica has locked are skipped, so replicas
         claiming at once take different jobs; the caller's transition re-checks
@@ -357,10 +356,10 @@ class JobRepository:
                 .exists(),
             )
             .order_by(JobRow.dispatch_rank, JobRow.position)
-            .limit(1)
+            .limit(limit)
             .with_for_update(skip_locked=self._skip_locked)
         )
-        return (await self.session.execute(statement)).scalar_one_or_none()
+        return list((await self.session.execute(statement)).scalars().all())
 
     async def expired_leases(self, now: datetime, limit: int = 100) -> list[JobRow]:
         """Running jobs whose lease ran out."""
@@ -552,29 +551,17 @@ class JobRepository:
     # -- mapping -------------------------------------------------------------
 
     async def to_domain(self, row: JobRow) -> Job:
-        """The domain Job of `row`, with its artifacts and attempts."""
-        artifacts = await self._artifacts_for([row.job_id])
-        attempts = await self._attempts_for([row.job_id])
-        pipelines = await self._pipelines_for([row.job_id])
-        return _to_job(
-            row,
-            artifacts.get(row.job_id, ()),
-            attempts.get(row.job_id, ()),
-            pipelines.get(row.job_id, ()),
-        )
-
-    async def _pipelines_for(self, job_ids: list[str]) -> dict[str, tuple[str, ...]]:
-        if not job_ids:
-            return {}
-        statement = (
-            select(JobPipelineRow.job_id, JobPipelineRow.pipeline)
-            .where(JobPipelineRow.job_id.in_(job_ids))
-            .order_by(JobPipelineRow.job_id, JobPipelineRow.pipeline)
-        )
-        found: dict[str, list[str]] = {}
-        for job_id, name in (await self.session.execute(statement)).all():
-            found.setdefault(job_id, []).append(name)
-        return {job_id: tuple(names) for job_id, names in found.items()}
+        """The domain Job of `row`, with its artifacts and attempts: read only
+        where the row says there can be some (artifacts belong to a SUCCEEDED
+        job alone; a job that never started has no attempts), so a new job
+        costs no read at all. Its pipelines are the row's pipeline set."""
+        artifacts: dict[str, tuple[Artifact, ...]] = {}
+        attempts: dict[str, tuple[Attempt, ...]] = {}
+        if row.state == JobState.SUCCEEDED.value:
+            artifacts = await self._artifacts_for([row.job_id])
+        if row.started_at is not None or row.attempt != 1:
+            attempts = await self._attempts_for([row.job_id])
+        return _to_job(row, artifacts.get(row.job_id, ()), attempts.get(row.job_id, ()))
 
     async def _attempts_for(self, job_ids: list[str]) -> dict[str, tuple[Attempt, ...]]:
         if not job_ids:
@@ -642,7 +629,6 @@ def _to_job(
     row: JobRow,
     artifacts: tuple[Artifact, ...],
     attempts: tuple[Attempt, ...] = (),
-    pipelines: tuple[str, ...] = (),
 ) -> Job:
     # Keys read back from the database go through StorageKey again: a row
     # written by an older (or buggy) version cannot smuggle a host path out.
@@ -687,7 +673,8 @@ def _to_job(
         input_format=row.input_format or "",
         input_removed_at=row.input_removed_at,
         tenant=row.tenant,
-        pipelines=pipelines or tuple(row.pipeline.split("+")),
+        # The set's canonical name is its sorted names joined (as its rows).
+        pipelines=tuple(row.pipeline.split(KEY_SEPARATOR)),
     )
 
 
