@@ -158,6 +158,7 @@ class LocalBlobStore:
         try:
             target_path.parent.mkdir(parents=True, exist_ok=True)
             os.replace(source_path, target_path)
+            sync_directory(target_path.parent)
         except FileNotFoundError:
             raise BlobNotFound(source) from None
         except OSError as exc:
@@ -205,6 +206,16 @@ class LocalBlobStore:
             except OSError:
                 return  # not empty (or already gone): stop climbing
             directory = directory.parent
+
+
+def sync_directory(path: Path) -> None:
+    """fsyncs a directory, so a file renamed into it stays there through a
+    power loss (the file's own bytes are fsynced before the rename)."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _mtime(seconds: float) -> datetime:
@@ -263,6 +274,7 @@ class _LocalBlobWriter:
             self._file.close()
             self._final_path.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self._temp_path, self._final_path)
+            sync_directory(self._final_path.parent)
         except OSError as exc:
             self.abort()
             raise storage_error(self.key, "store", exc) from None
@@ -342,6 +354,7 @@ class _LocalResumableWriter:
             self._file.close()
             self._final_path.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self._part_path, self._final_path)
+            sync_directory(self._final_path.parent)
         except OSError as exc:
             raise storage_error(self.key, "store", exc) from None
         return BlobInfo(key=self.key, size_bytes=self._size)

@@ -22,8 +22,16 @@ from sqlalchemy import event, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from videojobs.jobservice.notifier import InProcessNotifier, Notifier
+from videojobs.jobservice.store.inline_sqlite import (
+    DRIVER as INLINE_DRIVER,
+)
+from videojobs.jobservice.store.inline_sqlite import (
+    INLINE_BUSY_TIMEOUT_MS,
+    begin_immediate,
+)
 from videojobs.jobservice.store.models import ServerSecretRow
 from videojobs.jobservice.store.repository import JobRepository
 
@@ -32,21 +40,35 @@ log = logging.getLogger(__name__)
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
-def _configure_sqlite(engine: AsyncEngine, begin_statement: str) -> None:
+def _configure_sqlite(engine: AsyncEngine, *, writer: bool, inline: bool) -> None:
+    # Inline, a writer never waits inside SQLite (begin_immediate waits with
+    # the loop running) and a reader only briefly; with aiosqlite's threads,
+    # SQLite's own busy handler waits.
+    if inline:
+        busy_timeout_ms = 0 if writer else INLINE_BUSY_TIMEOUT_MS
+    else:
+        busy_timeout_ms = SQLITE_BUSY_TIMEOUT_MS
+
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:
         # Let SQLAlchemy, not the driver, decide where transactions begin.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        # Durability: every commit is fsynced (see README, "Durability").
+        cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection) -> None:
-        connection.exec_driver_sql(begin_statement)
+        if not writer:
+            connection.exec_driver_sql("BEGIN")
+        elif inline:
+            begin_immediate(connection)
+        else:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 class SingleReplicaError(RuntimeError):
@@ -66,15 +88,38 @@ class Database:
     this process right after the commit.
     """
 
-    def __init__(self, url: str, *, echo: bool = False, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        echo: bool = False,
+        notifier: Notifier | None = None,
+        inline_sqlite: bool = True,
+    ) -> None:
         self.url = make_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
-        self._write_engine = create_async_engine(self.url, echo=echo)
+        # A SQLite file runs on the event loop's thread (see inline_sqlite.py)
+        # unless `inline_sqlite` is off: then aiosqlite, a thread per connection.
+        inline = (
+            self.is_sqlite and inline_sqlite and self.url.database not in (None, "", ":memory:")
+        )
         if self.is_sqlite:
-            _configure_sqlite(self._write_engine, "BEGIN IMMEDIATE")
-            self._read_engine = create_async_engine(self.url, echo=echo)
-            _configure_sqlite(self._read_engine, "BEGIN")
+            engine_url = self.url.set(drivername=f"sqlite+{INLINE_DRIVER}") if inline else self.url
+            # One write connection: writers of this process queue for it in
+            # the pool (asyncio-aware), not in SQLite's busy handler.
+            self._write_engine = create_async_engine(
+                engine_url,
+                echo=echo,
+                poolclass=AsyncAdaptedQueuePool,
+                pool_size=1,
+                max_overflow=0,
+                pool_timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
+            )
+            _configure_sqlite(self._write_engine, writer=True, inline=inline)
+            self._read_engine = create_async_engine(engine_url, echo=echo)
+            _configure_sqlite(self._read_engine, writer=False, inline=inline)
         else:
+            self._write_engine = create_async_engine(self.url, echo=echo)
             self._read_engine = self._write_engine
         self._write_sessions = async_sessionmaker(self._write_engine, expire_on_commit=False)
         self._read_sessions = async_sessionmaker(self._read_engine, expire_on_commit=False)
@@ -165,8 +210,7 @@ class Database:
                 # events refer to it. They are switched off for the migration
                 # (outside any transaction, where SQLite allows it) and
                 # checked afterwards, as SQLite's documentation prescribes.
-                raw = await connection.get_raw_connection()
-                await raw.driver_connection.execute("PRAGMA foreign_keys=OFF")
+                await connection.run_sync(_driver_sql, "PRAGMA foreign_keys=OFF")
             else:
                 await connection.execute(
                     text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
@@ -180,7 +224,7 @@ class Database:
                 await connection.commit()
             finally:
                 if self.is_sqlite:
-                    await raw.driver_connection.execute("PRAGMA foreign_keys=ON")
+                    await connection.run_sync(_driver_sql, "PRAGMA foreign_keys=ON")
 
     async def dispose(self) -> None:
         """Closes every pooled connection (and releases the replica lock)."""
@@ -196,6 +240,16 @@ def alembic_config() -> Config:
     script_location = resources.files("videojobs.jobservice.store") / "migrations"
     config.set_main_option("script_location", str(script_location))
     return config
+
+
+def _driver_sql(connection, statement: str) -> None:
+    """Runs `statement` on the driver's connection, outside SQLAlchemy's
+    transaction handling (PRAGMA foreign_keys takes effect only there)."""
+    cursor = connection.connection.dbapi_connection.cursor()
+    try:
+        cursor.execute(statement)
+    finally:
+        cursor.close()
 
 
 def _migrate_to(connection, action, revision: str) -> None:
