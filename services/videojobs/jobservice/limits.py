@@ -26,8 +26,10 @@ MAX_PARAMETER_DEPTH = 4
 MAX_CANCEL_REASON_BYTES = 256
 MAX_CHUNK_BYTES = 4 * MIB
 # Received upload chunks are written to storage in batches of about this many
-# bytes: one thread hand-off per batch, not per chunk.
-WRITE_BATCH_BYTES = 4 * MIB
+# bytes: one thread hand-off per batch, not per small chunk. The clients send
+# 256 KiB chunks; 4 MiB batches measured slower (166 against 199 MiB/s in
+# bench_upload) and grew job-service's memory by 81 MiB for 1 GiB.
+WRITE_BATCH_BYTES = 256 * KIB
 MAX_PAGE_TOKEN_CHARS = 512
 # A ListJobs page stops growing here, so it always fits the default 4 MiB.
 MAX_LIST_PAGE_BYTES = 3 * MIB
