@@ -36,17 +36,17 @@ SERVER_ENV = {
     "VIDEOJOBS_RETRY_BACKOFF_BASE": "0.2",
 }
 WORKER_ENV = {"VIDEOJOBS_WORKER_CONCURRENCY": "2"}
-# Scene detection over 8 s of video decodes 200 frames: long enough per job
-# (warm workers run a probe in milliseconds) that the kills, paced by
-# completed jobs, land while jobs run.
+# Scene detection over 20 s of video decodes 500 frames: long enough per
+# job (warm workers run a probe in milliseconds, 200 frames in about 0.1 s)
+# that the kills, paced by completed jobs, land while jobs run.
 PIPELINE = "scenes"
 
 
 @pytest.fixture(scope="module")
 def chaos_mp4(tmp_path_factory) -> bytes:
-    """An 8 s, 320x240, 25 fps H.264 MP4 (200 frames)."""
+    """A 20 s, 320x240, 25 fps H.264 MP4 (500 frames, about 70 KB)."""
     path = tmp_path_factory.mktemp("videos") / "chaos.mp4"
-    write_sample_video(path, width=320, height=240, fps=25, frames=200)
+    write_sample_video(path, width=320, height=240, fps=25, frames=500)
     return path.read_bytes()
 
 
