@@ -308,7 +308,8 @@ async def test_staged_uploads_belong_to_the_tenant_that_wrote_them(start_tenancy
             )
         )
         assert Outcome(query.code().name, rich_error(query).reason) == not_writable
-        assert str(half) not in (query.details() or "")
+        # (The key itself is random hex that may hold those digits: left out.)
+        assert str(half) not in (query.details() or "").replace(key, "")
         # ... and reads it exactly like an upload nobody made.
         assert await _blob_errors(t.stubs, t.globex, key) == await _blob_errors(
             t.stubs, t.globex, nowhere
