@@ -64,6 +64,11 @@ MAX_ARTIFACTS = 10_000
 # The completed event (artifacts, summary, warnings) stays well under the
 # clients' default 4 MiB message limit, with room for the Job around it.
 MAX_COMPLETION_EVENT_BYTES = 2 * MIB
+# A worker's messages are read ahead while earlier ones are applied, up to
+# this many (and REPORT_READ_AHEAD_BYTES, one message always fits): the ones
+# waiting are applied together in one transaction.
+REPORT_RUN_MAX_MESSAGES = 64
+REPORT_READ_AHEAD_BYTES = 1 * MIB
 # The server records at most one progress event per job in this interval.
 PROGRESS_EVENT_MIN_INTERVAL_SECONDS = 0.2
 # StreamResults replays stored events in batches of at most this many bytes

@@ -9,6 +9,7 @@ ends the stream with INVALID_ARGUMENT naming the field.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import AsyncIterator
 
@@ -30,13 +31,24 @@ from videojobs.jobservice.dispatch import (
     WorkerHello,
     WorkerSession,
 )
-from videojobs.jobservice.domain import Artifact, Assignment, check_job_id, is_job_id
+from videojobs.jobservice.dispatch.worker_reports import (
+    CompletionReport,
+    FailureReport,
+    Heartbeat,
+    PartialResultReport,
+    ProgressReport,
+    StoppedReport,
+    WorkerReport,
+)
+from videojobs.jobservice.domain import Artifact, Assignment, check_job_id
 from videojobs.jobservice.limits import (
     MAX_HELD_LEASES,
     MAX_LEASE_TOKEN_CHARS,
     MAX_MEDIA_TYPE_CHARS,
     MAX_PIPELINE_NAME_CHARS,
     MAX_STATUS_ADDRESS_CHARS,
+    REPORT_READ_AHEAD_BYTES,
+    REPORT_RUN_MAX_MESSAGES,
 )
 from videojobs.jobservice.notices import StopReason
 from videojobs.storage import InvalidStorageKey, StorageKey
@@ -184,25 +196,63 @@ class DispatchServicer(dispatch_service_pb2_grpc.DispatchServiceServicer):
         await self._coordinator.close_session(session, requeue=not self.shutting_down)
 
     async def _read(self, session: WorkerSession, request_iterator) -> None:
-        async for message in request_iterator:
-            session.heard_from()
-            # Each message is applied whole: a cancellation (the stream ended)
-            # takes effect between messages, never inside a transaction.
-            await run_to_completion(self._apply(session, message))
+        """Applies the worker's messages in order: what arrived while the
+        previous run was being applied goes in together (one transaction)."""
+        inbox = ReportInbox(REPORT_RUN_MAX_MESSAGES, REPORT_READ_AHEAD_BYTES)
+        receiver = asyncio.create_task(self._receive(session, request_iterator, inbox))
+        try:
+            while True:
+                messages, end = await inbox.take()
+                reports: list[WorkerReport] = []
+                malformed = None
+                for message in messages:
+                    try:
+                        reports.append(self._parse(message))
+                    except errors.ServiceError as exc:
+                        malformed = exc  # the reports before it still apply
+                        break
+                # Applied whole: a cancellation (the stream ended) takes
+                # effect between runs, never inside a transaction.
+                await run_to_completion(self._apply(session, reports))
+                if malformed is not None:
+                    raise malformed
+                if end is not None:
+                    if isinstance(end, BaseException):
+                        raise end
+                    return
+        finally:
+            receiver.cancel()
+            await asyncio.wait([receiver])
 
-    async def _apply(self, session: WorkerSession, message: pb.ConnectRequest) -> None:
-        """Applies one message from the worker (in a task of its own: the log
-        fields bound here stay with this message)."""
-        coordinator = self._coordinator
+    async def _receive(self, session: WorkerSession, request_iterator, inbox: ReportInbox) -> None:
+        """Reads the worker's messages into `inbox` until the stream ends (or breaks)."""
+        try:
+            async for message in request_iterator:
+                session.heard_from()
+                await inbox.put(message, message.ByteSize())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - raised by the reader, in order
+            inbox.close(exc)
+        else:
+            inbox.close(_END_OF_STREAM)
+
+    async def _apply(self, session: WorkerSession, reports: list[WorkerReport]) -> None:
+        """Applies a run of reports (in a task of its own: the log fields
+        bound here stay with this run)."""
+        if not reports:
+            return
+        bind_log_fields(worker_id=session.worker_id)
+        await self._coordinator.apply_reports(session, reports)
+
+    def _parse(self, message: pb.ConnectRequest) -> WorkerReport:
+        """The checked report of one message from the worker (after hello);
+        a malformed one raises INVALID_ARGUMENT naming the field."""
         kind = message.WhichOneof("payload")
-        report = getattr(message, kind) if kind not in (None, "hello", "heartbeat") else None
-        job_id = getattr(report, "job_id", "")
-        # Only a well-formed id reaches the log (a malformed one is refused below).
-        bind_log_fields(worker_id=session.worker_id, job_id=job_id if is_job_id(job_id) else None)
         if kind == "heartbeat":
             running = _leases(message.heartbeat.running, "heartbeat.running")
-            await coordinator.heartbeat(session, running, message.heartbeat.draining)
-        elif kind == "progress":
+            return Heartbeat(running, message.heartbeat.draining)
+        if kind == "progress":
             report = message.progress
             check_job_id(report.job_id, "progress.job_id")
             _token(report.lease_token, "progress.lease_token")
@@ -211,10 +261,10 @@ class DispatchServicer(dispatch_service_pb2_grpc.DispatchServiceServicer):
                 raise errors.invalid_argument(
                     "progress out of range", [("progress.progress.fraction", "0.0 to 1.0")]
                 )
-            await coordinator.report_progress(
-                session, report.job_id, report.lease_token, fraction, report.progress.stage
+            return ProgressReport(
+                report.job_id, report.lease_token, fraction, report.progress.stage
             )
-        elif kind == "partial_result":
+        if kind == "partial_result":
             report = message.partial_result
             check_job_id(report.job_id, "partial_result.job_id")
             _token(report.lease_token, "partial_result.lease_token")
@@ -236,18 +286,17 @@ class DispatchServicer(dispatch_service_pb2_grpc.DispatchServiceServicer):
                 convert.struct_to_dict(
                     report.partial_result.data, "partial_result.partial_result.data"
                 )
-                if size <= coordinator.max_partial_result_bytes
+                if size <= self._coordinator.max_partial_result_bytes
                 else {}
             )
-            await coordinator.report_partial_result(
-                session,
+            return PartialResultReport(
                 report.job_id,
                 report.lease_token,
                 clean_text(pipeline, MAX_PIPELINE_NAME_CHARS),
                 data,
                 size,
             )
-        elif kind == "completion":
+        if kind == "completion":
             report = message.completion
             check_job_id(report.job_id, "completion.job_id")
             _token(report.lease_token, "completion.lease_token")
@@ -265,8 +314,7 @@ class DispatchServicer(dispatch_service_pb2_grpc.DispatchServiceServicer):
                 )
                 for i, a in enumerate(report.artifacts)
             ]
-            await coordinator.report_completion(
-                session,
+            return CompletionReport(
                 report.job_id,
                 report.lease_token,
                 output_key,
@@ -276,24 +324,75 @@ class DispatchServicer(dispatch_service_pb2_grpc.DispatchServiceServicer):
                 summary_bytes=report.summary.ByteSize(),
                 report_bytes=report.ByteSize(),
             )
-        elif kind == "failure":
+        if kind == "failure":
             report = message.failure
             check_job_id(report.job_id, "failure.job_id")
             _token(report.lease_token, "failure.lease_token")
-            error = _failure_error(report)
-            await coordinator.report_failure(
-                session, report.job_id, report.lease_token, error, report.retryable
+            return FailureReport(
+                report.job_id, report.lease_token, _failure_error(report), report.retryable
             )
-        elif kind == "stopped":
+        if kind == "stopped":
             check_job_id(message.stopped.job_id, "stopped.job_id")
             _token(message.stopped.lease_token, "stopped.lease_token")
-            await coordinator.report_stopped(
-                session, message.stopped.job_id, message.stopped.lease_token
-            )
-        else:
-            raise errors.invalid_argument(
-                "unexpected message on the worker stream", [("payload", f"{kind} not allowed")]
-            )
+            return StoppedReport(message.stopped.job_id, message.stopped.lease_token)
+        raise errors.invalid_argument(
+            "unexpected message on the worker stream", [("payload", f"{kind} not allowed")]
+        )
+
+
+class ReportInbox:
+    """Messages read from a worker's stream, waiting to be applied (one
+    task puts, one takes).
+
+    Bounded: `put` waits while `max_messages` or `max_bytes` are waiting
+    (one message always fits, however large), so a worker cannot make the
+    server hold more than that of its stream. `take` returns everything
+    waiting (up to `max_messages`) and, once the stream has ended and all
+    is taken, how it ended.
+    """
+
+    def __init__(self, max_messages: int, max_bytes: int) -> None:
+        self._max_messages = max_messages
+        self._max_bytes = max_bytes
+        self._waiting: collections.deque[tuple[pb.ConnectRequest, int]] = collections.deque()
+        self._bytes = 0
+        self._end: object | None = None
+        self._ready = asyncio.Event()  # something to take
+        self._room = asyncio.Event()  # room to put
+
+    def _fits(self, size: int) -> bool:
+        return not self._waiting or (
+            len(self._waiting) < self._max_messages and self._bytes + size <= self._max_bytes
+        )
+
+    async def put(self, message: pb.ConnectRequest, size: int) -> None:
+        """Adds `message` once there is room for it."""
+        while not self._fits(size):
+            self._room.clear()
+            await self._room.wait()
+        self._waiting.append((message, size))
+        self._bytes += size
+        self._ready.set()
+
+    def close(self, end: object) -> None:
+        """No more messages: `end` says how the stream ended (an exception
+        if it broke)."""
+        self._end = end
+        self._ready.set()
+
+    async def take(self) -> tuple[list[pb.ConnectRequest], object | None]:
+        """The messages waiting (at least one unless the stream has ended),
+        and how the stream ended once nothing more will come."""
+        while not self._waiting and self._end is None:
+            self._ready.clear()
+            await self._ready.wait()
+        messages = []
+        while self._waiting and len(messages) < self._max_messages:
+            message, size = self._waiting.popleft()
+            self._bytes -= size
+            messages.append(message)
+        self._room.set()
+        return messages, (self._end if not self._waiting else None)
 
 
 def _failure_error(report: pb.JobFailureReport) -> errors.ServiceError:

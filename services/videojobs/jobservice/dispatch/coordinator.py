@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from videojobs.common import errors
 from videojobs.common.auth import LOCAL_PRINCIPAL, Principal
 from videojobs.common.failures import RepeatedFailureLog
+from videojobs.common.logs import bind_log_fields
 from videojobs.common.tracing import job_span
 from videojobs.jobservice import lifecycle
 from videojobs.jobservice.dispatch.dispatcher import Dispatcher
@@ -35,6 +38,15 @@ from videojobs.jobservice.dispatch.sessions import (
     WorkerSession,
     check_worker_identity,
     validate_hello,
+)
+from videojobs.jobservice.dispatch.worker_reports import (
+    CompletionReport,
+    FailureReport,
+    Heartbeat,
+    PartialResultReport,
+    ProgressReport,
+    StoppedReport,
+    WorkerReport,
 )
 from videojobs.jobservice.domain import (
     Artifact,
@@ -259,18 +271,113 @@ class DispatchCoordinator:
         self.dispatcher.wake()
 
     # -- reports from workers ------------------------------------------------
+    #
+    # A worker's reports are applied in the order they arrive. The servicer
+    # hands over every report that has arrived while the previous ones were
+    # being applied, and `apply_reports` applies that run in ONE transaction
+    # (group commit): under load a job's progress, partial results and
+    # completion cost one commit instead of one each. Each report is a
+    # "step" run inside the shared transaction; what must wait for the
+    # commit (waking the dispatcher, removing earlier attempts' files, logs
+    # and spans of the outcome) is queued on the batch and runs after it.
+
+    async def apply_reports(self, session: WorkerSession, reports: Sequence[WorkerReport]) -> None:
+        """Applies `reports` (one worker's, in order) in one transaction.
+
+        A report that breaks the stream's contract (a completion naming keys
+        outside its attempt) ends the run: the reports before it commit, and
+        its INVALID_ARGUMENT is raised (ending the worker's stream). A
+        database error rolls the whole run back and is raised: the stream
+        ends and the session's jobs go back to the queue, as when the stream
+        breaks between two reports."""
+        steps: list[_Step] = []
+        for report in reports:
+            step = await self._prepare(session, report)
+            if step is not None:
+                steps.append(step)
+        await self._run_steps(steps)
+
+    async def _run_steps(self, steps: list[_Step]) -> None:
+        if not steps:
+            return
+        refusal: errors.ServiceError | None = None
+        after_commit: list[_AfterCommit] = []
+        async with self._database.transaction() as repository:
+            batch = _Batch(repository, after_commit)
+            for job_id, step in steps:
+                if job_id:
+                    bind_log_fields(job_id=job_id)
+                refusal = await step(batch)
+                if refusal is not None:
+                    break
+        for job_id, action in after_commit:
+            if job_id:
+                bind_log_fields(job_id=job_id)
+            await action()
+        if refusal is not None:
+            raise refusal
+
+    async def _prepare(self, session: WorkerSession, report: WorkerReport) -> _Step | None:
+        """What applying `report` takes: the checks made outside the
+        transaction (storage, sizes), then the step that runs inside it.
+        None: nothing to write (progress held back by the interval)."""
+        match report:
+            case Heartbeat(running, draining):
+                return "", functools.partial(self._heartbeat_step, session, running, draining)
+            case ProgressReport(job_id, token, fraction, stage):
+                stage = clean_stage(stage)
+                now = time.monotonic()
+                wait = PROGRESS_EVENT_MIN_INTERVAL_SECONDS - (
+                    now - session.last_progress_at.get(job_id, -math.inf)
+                )
+                if wait > 0 and fraction < 1.0:
+                    session.pending_progress[job_id] = (token, fraction, stage)
+                    if job_id not in session.progress_flushes:
+                        session.progress_flushes[job_id] = asyncio.get_running_loop().call_later(
+                            wait, self._flush_progress, session, job_id
+                        )
+                    return None
+                session.pending_progress.pop(job_id, None)
+                # Counted from now: a second report in the same run waits.
+                session.last_progress_at[job_id] = now
+                return job_id, functools.partial(
+                    self._progress_step, session, job_id, token, fraction, stage
+                )
+            case PartialResultReport():
+                return report.job_id, functools.partial(self._partial_result_step, session, report)
+            case CompletionReport():
+                missing = await self._outputs.missing(report.output_key, report.artifacts)
+                oversize = completion_problem(
+                    len(report.artifacts),
+                    report.summary_bytes,
+                    report.report_bytes,
+                    json_depth(report.summary),
+                )
+                return report.job_id, functools.partial(
+                    self._completion_step, session, report, oversize or missing, oversize is None
+                )
+            case FailureReport():
+                return report.job_id, functools.partial(self._failure_step, session, report)
+            case StoppedReport(job_id, token):
+                return job_id, functools.partial(self._stopped_step, session, job_id, token)
+        raise TypeError(f"not a worker report: {report!r}")
 
     async def heartbeat(
         self, session: WorkerSession, running: dict[str, str], draining: bool = False
     ) -> None:
         """Renews the session's leases and reconciles what the worker runs."""
+        await self.apply_reports(session, [Heartbeat(running, draining)])
+
+    async def _heartbeat_step(
+        self, session: WorkerSession, running: dict[str, str], draining: bool, batch: _Batch
+    ) -> None:
         if draining and not session.draining:
             log.info("worker %s is draining", session.worker_id)
         session.draining = draining
         for job_id in [j for j in session.stopping if j not in running]:
             # No longer running on the worker: the slot is free again.
             del session.stopping[job_id]
-            self.dispatcher.wake()
+            batch.after("", self._wake_dispatcher)
         for job_id, token in running.items():
             if session.leases.get(job_id) != token and session.stopping.get(job_id) != token:
                 # The worker runs something that is not (or no longer) its
@@ -278,9 +385,8 @@ class DispatchCoordinator:
                 session.outbox.put_nowait(StopOrder(job_id, token, StopReason.LEASE_LOST))
         now = utc_now()
         expiry = now + timedelta(seconds=self.settings.lease_duration)
-        async with self._database.transaction() as repository:
-            await repository.renew_leases(session.leases.values(), expiry)
-            await repository.touch_worker_session(session.session_id, now, draining)
+        await batch.repository.renew_leases(session.leases.values(), expiry)
+        await batch.repository.touch_worker_session(session.session_id, now, draining)
 
     async def report_progress(
         self, session: WorkerSession, job_id: str, token: str, fraction: float, stage: str
@@ -289,19 +395,7 @@ class DispatchCoordinator:
         per PROGRESS_EVENT_MIN_INTERVAL_SECONDS per job, so a worker cannot
         fill the event log with progress. Reports that come sooner are
         coalesced: the latest is recorded when the interval is over."""
-        stage = clean_stage(stage)
-        wait = PROGRESS_EVENT_MIN_INTERVAL_SECONDS - (
-            time.monotonic() - session.last_progress_at.get(job_id, -math.inf)
-        )
-        if wait > 0 and fraction < 1.0:
-            session.pending_progress[job_id] = (token, fraction, stage)
-            if job_id not in session.progress_flushes:
-                session.progress_flushes[job_id] = asyncio.get_running_loop().call_later(
-                    wait, self._flush_progress, session, job_id
-                )
-            return
-        session.pending_progress.pop(job_id, None)
-        await self._record_progress(session, job_id, token, fraction, stage)
+        await self.apply_reports(session, [ProgressReport(job_id, token, fraction, stage)])
 
     def _flush_progress(self, session: WorkerSession, job_id: str) -> None:
         """Records the progress held back by the interval, if its lease still stands."""
@@ -309,7 +403,9 @@ class DispatchCoordinator:
         pending = session.pending_progress.pop(job_id, None)
         if pending is None or session.closed or session.leases.get(job_id) != pending[0]:
             return
-        task = asyncio.create_task(self._record_progress(session, job_id, *pending, quiet=True))
+        session.last_progress_at[job_id] = time.monotonic()
+        step = functools.partial(self._progress_step, session, job_id, *pending, quiet=True)
+        task = asyncio.create_task(self._run_steps([(job_id, step)]))
         self._background.add(task)
         task.add_done_callback(self._background_done)
 
@@ -318,32 +414,28 @@ class DispatchCoordinator:
         if not task.cancelled() and task.exception() is not None:
             self._requeue_failures.failed(task.exception())
 
-    async def _record_progress(
+    async def _progress_step(
         self,
         session: WorkerSession,
         job_id: str,
         token: str,
         fraction: float,
         stage: str,
+        batch: _Batch,
         *,
         quiet: bool = False,
     ) -> None:
-        refused = None
-        async with self._database.transaction() as repository:
-            row = await self._current_lease(repository, session, job_id, token, quiet=quiet)
-            if row is None:
-                return
-            if row.last_sequence >= self._reports.limits.max_events_per_job:
-                refused = self._reports.too_many_events()
-                await lifecycle.fail_attempt(
-                    repository, row, refused, retryable=False, policy=self._policy
-                )
-            else:
-                lifecycle.record_progress(repository, row, fraction, stage)
-        if refused is not None:
-            self._refused(session, job_id, token, refused)
+        row = await self._current_lease(batch, session, job_id, token, quiet=quiet)
+        if row is None:
+            return
+        if row.last_sequence >= self._reports.limits.max_events_per_job:
+            refused = self._reports.too_many_events()
+            await lifecycle.fail_attempt(
+                batch.repository, row, refused, retryable=False, policy=self._policy
+            )
+            self._refused(batch, session, job_id, token, refused)
         else:
-            session.last_progress_at[job_id] = time.monotonic()
+            lifecycle.record_progress(batch.repository, row, fraction, stage)
 
     async def report_partial_result(
         self,
@@ -357,39 +449,52 @@ class DispatchCoordinator:
         """Records a partial result event, unless it breaks a limit (size, rate,
         bytes or events per job): then the attempt fails and the worker is
         told to stop."""
-        bucket = session.partial_buckets.setdefault(job_id, self._reports.new_bucket())
-        refused = None
-        async with self._database.transaction() as repository:
-            row = await self._current_lease(repository, session, job_id, token)
-            if row is None:
-                return
-            refused = self._reports.partial_result_problem(
-                size_bytes,
-                row.partial_result_bytes or 0,
-                row.last_sequence,
-                bucket,
-                json_depth(data),
-            )
-            if refused is not None:
-                await lifecycle.fail_attempt(
-                    repository, row, refused, retryable=False, policy=self._policy
-                )
-            else:
-                lifecycle.record_partial_result(repository, row, pipeline, data, size_bytes)
-        if refused is not None:
-            self._refused(session, job_id, token, refused)
-
-    def _refused(self, session: WorkerSession, job_id: str, token: str, error: JobError) -> None:
-        """After a report broke a limit and failed its attempt: the worker stops the job."""
-        log.warning(
-            "job %s: refused a report from worker %s (%s): %s",
-            job_id,
-            session.worker_id,
-            error.reason,
-            error.message,
+        await self.apply_reports(
+            session, [PartialResultReport(job_id, token, pipeline, data, size_bytes)]
         )
+
+    async def _partial_result_step(
+        self, session: WorkerSession, report: PartialResultReport, batch: _Batch
+    ) -> None:
+        job_id, token = report.job_id, report.lease_token
+        bucket = session.partial_buckets.setdefault(job_id, self._reports.new_bucket())
+        row = await self._current_lease(batch, session, job_id, token)
+        if row is None:
+            return
+        refused = self._reports.partial_result_problem(
+            report.size_bytes,
+            row.partial_result_bytes or 0,
+            row.last_sequence,
+            bucket,
+            json_depth(report.data),
+        )
+        if refused is not None:
+            await lifecycle.fail_attempt(
+                batch.repository, row, refused, retryable=False, policy=self._policy
+            )
+            self._refused(batch, session, job_id, token, refused)
+        else:
+            lifecycle.record_partial_result(
+                batch.repository, row, report.pipeline, report.data, report.size_bytes
+            )
+
+    def _refused(
+        self, batch: _Batch, session: WorkerSession, job_id: str, token: str, error: JobError
+    ) -> None:
+        """After a report broke a limit and failed its attempt: the worker stops the job."""
         session.send_stop(job_id, token, StopReason.JOB_ENDED)
-        self.dispatcher.wake()
+
+        async def after() -> None:
+            log.warning(
+                "job %s: refused a report from worker %s (%s): %s",
+                job_id,
+                session.worker_id,
+                error.reason,
+                error.message,
+            )
+            self.dispatcher.wake()
+
+        batch.after(job_id, after)
 
     async def report_completion(
         self,
@@ -411,52 +516,73 @@ class DispatchCoordinator:
         document and every artifact must exist in storage with the reported
         size, and the report must be within its limits (else the attempt
         fails and the worker is told to stop)."""
-        missing = await self._outputs.missing(output_key, artifacts)
-        oversize = completion_problem(
-            len(artifacts), summary_bytes, report_bytes, json_depth(summary)
+        report = CompletionReport(
+            job_id,
+            token,
+            output_key,
+            artifacts,
+            summary,
+            list(warnings or []),
+            summary_bytes=summary_bytes,
+            report_bytes=report_bytes,
         )
-        warnings = clean_warnings(list(warnings or []))
-        refused = None
+        await self.apply_reports(session, [report])
+
+    async def _completion_step(
+        self,
+        session: WorkerSession,
+        report: CompletionReport,
+        refused: JobError | None,
+        retryable: bool,
+        batch: _Batch,
+    ) -> errors.ServiceError | None:
+        """`refused`: why the completion cannot be recorded (a limit, or
+        outputs storage does not hold), found before the transaction."""
+        job_id, token = report.job_id, report.lease_token
         received = utc_now()
-        async with self._database.transaction() as repository:
-            row = await self._current_lease(repository, session, job_id, token)
-            if row is None:
-                return
-            attempt, trace_parent = row.attempt, row.trace_parent
-            prefix = attempt_prefix_for(job_id, row.attempt, row.tenant)
-            violations = [
-                (f"completion.{name}", f"must lie under {prefix.value}/")
-                for name, key in [("output_key", output_key)]
-                + [(f"artifacts[{i}].key", a.key) for i, a in enumerate(artifacts)]
-                if not key.is_within(prefix)
-            ]
-            if violations:
-                raise errors.invalid_argument(
-                    "completion names keys outside its attempt", violations
-                )
-            refused = oversize or missing
-            if refused is not None:
-                await lifecycle.fail_attempt(
-                    repository, row, refused, retryable=oversize is None, policy=self._policy
-                )
-            else:
-                await lifecycle.complete(
-                    repository,
-                    row,
-                    output_key=output_key,
-                    artifacts=artifacts,
-                    summary=summary,
-                    warnings=warnings,
-                )
-        _result_span("record completion", trace_parent, job_id, attempt, session, received, refused)
+        row = await self._current_lease(batch, session, job_id, token)
+        if row is None:
+            return None
+        attempt, trace_parent = row.attempt, row.trace_parent
+        prefix = attempt_prefix_for(job_id, row.attempt, row.tenant)
+        violations = [
+            (f"completion.{name}", f"must lie under {prefix.value}/")
+            for name, key in [("output_key", report.output_key)]
+            + [(f"artifacts[{i}].key", a.key) for i, a in enumerate(report.artifacts)]
+            if not key.is_within(prefix)
+        ]
+        if violations:
+            # Before anything of this report is written: the run's earlier
+            # reports commit, then this ends the stream.
+            return errors.invalid_argument("completion names keys outside its attempt", violations)
         if refused is not None:
-            self._refused(session, job_id, token, refused)
-            return
-        session.leases.pop(job_id, None)
-        session.forget_lease(job_id)
-        log.info("job %s succeeded on worker %s", job_id, session.worker_id)
-        self.dispatcher.wake()
-        await self._outputs.remove_other_attempts(job_id, prefix)
+            await lifecycle.fail_attempt(
+                batch.repository, row, refused, retryable=retryable, policy=self._policy
+            )
+            self._refused(batch, session, job_id, token, refused)
+        else:
+            await lifecycle.complete(
+                batch.repository,
+                row,
+                output_key=report.output_key,
+                artifacts=report.artifacts,
+                summary=report.summary,
+                warnings=clean_warnings(report.warnings),
+            )
+            session.leases.pop(job_id, None)
+            session.forget_lease(job_id)
+
+        async def after() -> None:
+            _result_span(
+                "record completion", trace_parent, job_id, attempt, session, received, refused
+            )
+            if refused is None:
+                log.info("job %s succeeded on worker %s", job_id, session.worker_id)
+                self.dispatcher.wake()
+                await self._outputs.remove_other_attempts(job_id, prefix)
+
+        batch.after(job_id, after)
+        return None
 
     async def report_failure(
         self,
@@ -467,40 +593,57 @@ class DispatchCoordinator:
         retryable: bool,
     ) -> None:
         """A retryable failure with attempts left requeues; otherwise FAILED."""
+        await self.apply_reports(session, [FailureReport(job_id, token, error, retryable)])
+
+    async def _failure_step(
+        self, session: WorkerSession, report: FailureReport, batch: _Batch
+    ) -> None:
+        job_id, token, error = report.job_id, report.lease_token, report.error
         received = utc_now()
-        async with self._database.transaction() as repository:
-            row = await self._current_lease(repository, session, job_id, token)
-            if row is None:
-                return
-            attempt, trace_parent = row.attempt, row.trace_parent
-            await lifecycle.fail_attempt(
-                repository,
-                row,
-                clean_failure(error.code, error.message, error.reason, dict(error.metadata)),
-                retryable=retryable,
-                policy=self._policy,
-            )
-        _result_span("record failure", trace_parent, job_id, attempt, session, received, error)
+        row = await self._current_lease(batch, session, job_id, token)
+        if row is None:
+            return
+        attempt, trace_parent = row.attempt, row.trace_parent
+        await lifecycle.fail_attempt(
+            batch.repository,
+            row,
+            clean_failure(error.code, error.message, error.reason, dict(error.metadata)),
+            retryable=report.retryable,
+            policy=self._policy,
+        )
         session.leases.pop(job_id, None)
         session.forget_lease(job_id)
-        log.info("job %s failed on worker %s: %s", job_id, session.worker_id, error.message)
-        self.dispatcher.wake()
+
+        async def after() -> None:
+            _result_span("record failure", trace_parent, job_id, attempt, session, received, error)
+            log.info("job %s failed on worker %s: %s", job_id, session.worker_id, error.message)
+            self.dispatcher.wake()
+
+        batch.after(job_id, after)
 
     async def report_stopped(self, session: WorkerSession, job_id: str, token: str) -> None:
         """The worker stopped a job: its slot is free again. A job it stopped on
         its own (draining, shutting down) while the lease is still current is
         handed back: QUEUED at once with attempt + 1."""
+        await self.apply_reports(session, [StoppedReport(job_id, token)])
+
+    async def _stopped_step(
+        self, session: WorkerSession, job_id: str, token: str, batch: _Batch
+    ) -> None:
         session.leases.pop(job_id, None)
         session.stopping.pop(job_id, None)
         session.forget_lease(job_id)
-        async with self._database.transaction() as repository:
-            for row in await repository.running_on_tokens([token]):
-                await lifecycle.hand_back(repository, row, session.worker_id, self._policy)
+        for row in await batch.repository.running_on_tokens([token]):
+            batch.rows[row.job_id] = row
+            await lifecycle.hand_back(batch.repository, row, session.worker_id, self._policy)
+        batch.after(job_id, self._wake_dispatcher)
+
+    async def _wake_dispatcher(self) -> None:
         self.dispatcher.wake()
 
     async def _current_lease(
         self,
-        repository: JobRepository,
+        batch: _Batch,
         session: WorkerSession,
         job_id: str,
         token: str,
@@ -508,8 +651,13 @@ class DispatchCoordinator:
         quiet: bool = False,
     ) -> JobRow | None:
         """The job's row when `token` is its current lease, else None (and,
-        unless `quiet`, the worker is told to stop the job)."""
-        row = await repository.get_row(job_id, for_update=True)
+        unless `quiet`, the worker is told to stop the job). The row is read
+        (and locked) once per transaction: later reports of the same job in
+        the run see the changes the earlier ones made."""
+        if job_id in batch.rows:
+            row = batch.rows[job_id]
+        else:
+            row = batch.rows[job_id] = await batch.repository.get_row(job_id, for_update=True)
         if row is not None and row.state == JobState.RUNNING.value and row.lease_token == token:
             return row
         if quiet:
@@ -518,6 +666,27 @@ class DispatchCoordinator:
         log.info("refused a stale report for job %s from worker %s", job_id, session.worker_id)
         session.send_stop(job_id, token, StopReason.JOB_ENDED if ended else StopReason.LEASE_LOST)
         return None
+
+
+_AfterCommit = tuple[str, Callable[[], Awaitable[None]]]
+# A report's job id (for the log fields; "" for a heartbeat) and its step:
+# the part of applying it that runs inside the run's transaction. A step
+# returns the error that ends the stream, or None.
+_Step = tuple[str, Callable[["_Batch"], Awaitable["errors.ServiceError | None"]]]
+
+
+@dataclass
+class _Batch:
+    """The transaction a run of one worker's reports shares."""
+
+    repository: JobRepository
+    after_commit: list[_AfterCommit]
+    # Job rows read (and locked) in this transaction, by id; None: no such job.
+    rows: dict[str, JobRow | None] = field(default_factory=dict)
+
+    def after(self, job_id: str, action: Callable[[], Awaitable[None]]) -> None:
+        """Runs `action` once the transaction has committed (in report order)."""
+        self.after_commit.append((job_id, action))
 
 
 def _result_span(

@@ -126,6 +126,12 @@ class Database:
         self.notifier: Notifier = notifier or InProcessNotifier()
         self._replica_lock: int | None = None
 
+    @property
+    def write_engine(self) -> AsyncEngine:
+        """The engine of write units of work (for instrumentation: its
+        `sync_engine` takes SQLAlchemy event listeners)."""
+        return self._write_engine
+
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[JobRepository]:
         """A write unit of work: commits on success, rolls back on error; its
