@@ -10,6 +10,7 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
+from videojobs.jobservice.limits import WRITE_BATCH_BYTES
 from videojobs.v1 import job_pb2
 from videojobs.v1 import job_service_pb2 as js
 
@@ -172,6 +173,9 @@ async def test_broken_off_upload_leaves_nothing(job_service, sample_mp4):
     async def stream():
         yield header()
         yield js.SubmitVideoRequest(chunk=sample_mp4[:5000])
+        # More than one write batch: the server starts writing (a smaller
+        # upload stays in memory until it is complete).
+        yield js.SubmitVideoRequest(chunk=bytes(WRITE_BATCH_BYTES))
         gate.set()
         await asyncio.Event().wait()  # never finishes: the client gives up
 

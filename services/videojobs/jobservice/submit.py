@@ -9,6 +9,7 @@ input, a broken-off stream, a database error) removes every trace.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -67,7 +68,7 @@ from videojobs.pipelines.containers import (
 )
 from videojobs.pipelines.plan import JobPlan, plan_job
 from videojobs.storage import BlobNotFound, BlobStore, InvalidStorageKey, StorageKey
-from videojobs.storage.blobstore import BlobWriter
+from videojobs.storage.blobstore import BlobStoreError, BlobWriter, put_bytes
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +238,9 @@ class SubmitService:
 
     async def _receive(self, header, plan, chunks, reservation, tenant: str) -> Job:
         """Streams the chunks into a staged object (a multipart upload on S3),
-        then publishes it as the job's input (see `_publish`)."""
+        then publishes it as the job's input (see `_publish`). An upload
+        smaller than one write batch never opens a writer here: `_publish`
+        stores, checks and moves it in one thread hand-off."""
         job_id = new_job_id()
         staged = submit_staging_key(job_id, tenant)
         writer: BlobWriter | None = None
@@ -247,12 +250,15 @@ class SubmitService:
         head = b""
         gathered = bytearray()
         container: ContainerFormat | None = None
-        committed = False
 
         async def hand_over() -> None:
+            nonlocal writer
             data = bytes(gathered)
             gathered.clear()
-            await asyncio.to_thread(writer.write, data)
+            if writer is None:
+                writer = await asyncio.to_thread(self._open_and_write, staged, data)
+            else:
+                await asyncio.to_thread(writer.write, data)
             UPLOAD_BYTES.inc(len(data))
             await reservation.wrote(writer.size_bytes)
 
@@ -275,7 +281,6 @@ class SubmitService:
                     if len(head) < SNIFF_BYTES:
                         continue
                     container = _identify(head)
-                    writer = await asyncio.to_thread(self._blob_store.open_writer, staged)
                     chunk, head = head, b""
                 gathered += chunk
                 if len(gathered) >= WRITE_BATCH_BYTES:
@@ -286,24 +291,53 @@ class SubmitService:
                         "the upload holds no bytes", [("chunk", "the upload holds no bytes")]
                     )
                 container = _identify(head)
-                writer = await asyncio.to_thread(self._blob_store.open_writer, staged)
                 gathered += head
-            if gathered:
-                await hand_over()
-            size, sha256 = writer.size_bytes, writer.sha256_hex()
-            self._check_received(header, size, sha256)
-            await asyncio.to_thread(writer.commit)
-            committed = True
+            small: bytes | None = None
+            if writer is None:
+                # All of it is here, less than one batch: stored by `_publish`.
+                small = bytes(gathered)
+                size, sha256 = len(small), hashlib.sha256(small).hexdigest()
+                self._check_received(header, size, sha256)
+                UPLOAD_BYTES.inc(size)
+                await reservation.wrote(size)
+            else:
+                if gathered:
+                    await hand_over()
+                size, sha256 = writer.size_bytes, writer.sha256_hex()
+                self._check_received(header, size, sha256)
+                # Committed inside `_publish`'s thread hand-off (with the
+                # container check and the move); until then it may be aborted.
             # Run to completion: a client hanging up now must not cut the
             # move or the job's transaction in half.
-            return await run_to_completion(
-                self._publish(header, plan, job_id, staged, container, size, sha256, tenant)
+            job = await run_to_completion(
+                self._publish(
+                    header,
+                    plan,
+                    job_id,
+                    staged,
+                    container,
+                    size,
+                    sha256,
+                    tenant,
+                    writer=writer,
+                    small=small,
+                )
             )
+            writer = None  # committed and moved
+            return job
         finally:
             if writer is not None:
-                await asyncio.to_thread(writer.abort)
-                if committed:
-                    await asyncio.to_thread(self._blob_store.delete, staged)
+                await asyncio.to_thread(writer.abort)  # safe after a commit, too
+
+    def _open_and_write(self, key: StorageKey, data: bytes) -> BlobWriter:
+        """(In a thread.) Opens a writer of `key` and writes the first batch."""
+        writer = self._blob_store.open_writer(key)
+        try:
+            writer.write(data)
+        except BaseException:
+            writer.abort()
+            raise
+        return writer
 
     async def _publish(
         self,
@@ -315,14 +349,31 @@ class SubmitService:
         size: int,
         sha256: str,
         tenant: str,
+        *,
+        writer: BlobWriter | None = None,
+        small: bytes | None = None,
     ) -> Job:
         """Checks the complete staged object as its container, moves it to the
         job's input key and creates the job. An input exists only for a
         committed job: a failure on the way removes it again, and a process
-        killed in between leaves it to the orphan sweep."""
-        await self._check_container(staged, container)
+        killed in between leaves it to the orphan sweep.
+
+        The staged object is either stored already (a staged upload), or
+        still open in `writer`, or the `small` bytes to store: either way,
+        storing, checking and moving take one thread hand-off, and a staged
+        object this call stored is removed again when the check or the move
+        fails."""
         input_key = input_key_for(job_id, container.extension, tenant)
-        await asyncio.to_thread(self._blob_store.rename, staged, input_key)
+        try:
+            await asyncio.to_thread(
+                self._store_check_and_move, staged, container, input_key, writer, small
+            )
+        except PipelineFailure as exc:
+            raise errors.invalid_argument(
+                "the upload is not a video container",
+                [("chunk", exc.message)],
+                reason="NOT_A_VIDEO",
+            ) from None
         created = False
         try:
             job, created = await self._create_job(
@@ -334,6 +385,35 @@ class SubmitService:
             # first upload's job stands and this copy goes.
             if not created:
                 await asyncio.to_thread(self._blob_store.delete, input_key)
+
+    def _store_check_and_move(
+        self,
+        staged: StorageKey,
+        container: ContainerFormat,
+        input_key: StorageKey,
+        writer: BlobWriter | None,
+        small: bytes | None,
+    ) -> None:
+        """(In a thread.) Commits `writer` or stores `small` as `staged` (if
+        given), opens the stored object as `container` (PipelineFailure if it
+        is not one) and renames it to `input_key`."""
+        stored_here = writer is not None or small is not None
+        if writer is not None:
+            writer.commit()
+        elif small is not None:
+            put_bytes(self._blob_store, staged, small)
+        try:
+            # Imported here: PyAV is needed only once an upload is complete.
+            from videojobs.pipelines.media import check_is_media_container
+
+            with self._blob_store.open_read(staged) as source:
+                check_is_media_container(source, container.name)
+            self._blob_store.rename(staged, input_key)
+        except BaseException:
+            if stored_here:
+                with contextlib.suppress(BlobStoreError):
+                    self._blob_store.delete(staged)
+            raise
 
     async def _adopt_staged_upload(
         self, header: UploadHeader, plan: JobPlan, chunks: AsyncIterator[bytes], tenant: str
@@ -449,24 +529,6 @@ class SubmitService:
             )
         if violations:
             raise errors.invalid_argument("the upload does not match its header", violations)
-
-    async def _check_container(self, key: StorageKey, container: ContainerFormat) -> None:
-        """Opens the whole stored upload as the identified format (and only as that)."""
-        # Imported here: PyAV is needed only once an upload is complete.
-        from videojobs.pipelines.media import check_is_media_container
-
-        def check() -> str:
-            with self._blob_store.open_read(key) as source:
-                return check_is_media_container(source, container.name)
-
-        try:
-            await asyncio.to_thread(check)
-        except PipelineFailure as exc:
-            raise errors.invalid_argument(
-                "the upload is not a video container",
-                [("chunk", exc.message)],
-                reason="NOT_A_VIDEO",
-            ) from None
 
     async def _create_job(
         self,
