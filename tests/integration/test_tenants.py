@@ -390,6 +390,21 @@ async def test_a_full_queue_holds_back_only_its_tenant(start_tenancy, sample_mp4
     assert await outcome_of(submit_staged()) == Outcome("OK")
 
 
+async def test_a_full_queue_still_answers_the_retry_of_an_accepted_submit(
+    start_tenancy, sample_mp4
+):
+    t = await start_tenancy(tenant_max_queued_jobs=1)
+    accepted = await submit_as(t.stubs, t.acme.metadata, sample_mp4, request_id="order-7")
+    # The queue is full now; the retry of the accepted submit gets its job.
+    again = await submit_as(t.stubs, t.acme.metadata, sample_mp4, request_id="order-7")
+    assert again.job_id == accepted.job_id
+    full = await error_of(submit_as(t.stubs, t.acme.metadata, sample_mp4, request_id="order-8"))
+    assert rich_error(full).reason == "TENANT_QUEUE_FULL"
+    # What the refused and the repeated submits stored is gone again.
+    stored = [info.key.value for info in t.service.storage.list()]
+    assert stored == [accepted.input_key]
+
+
 def _uploads_in_flight(service) -> int:
     # Peeks at the server's own count: the only sign that an upload the test
     # holds open has been admitted (nothing is stored before its first bytes).

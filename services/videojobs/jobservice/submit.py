@@ -209,8 +209,8 @@ class SubmitService:
         """Stores the upload and creates the job of `tenant` (or returns the job
         of a repeated request_id). See the module docstring for the guarantees."""
         plan = self.validate_header(header)
-        await self._check_tenant_queue(tenant)
         if header.upload_key:
+            await self._check_tenant_queue(tenant)
             return await self._adopt_staged_upload(header, plan, chunks, tenant)
         with self.admission.admit(peer, tenant), self.budget.reserve() as reservation:
             await reservation.promise(header.expected_size_bytes)
@@ -253,6 +253,11 @@ class SubmitService:
 
         async def hand_over() -> None:
             nonlocal writer
+            if writer is None:
+                # More than one batch is coming: a full tenant queue is
+                # refused before it is stored (the job's transaction checks
+                # again; a smaller upload is checked there only).
+                await self._check_tenant_queue(tenant)
             data = bytes(gathered)
             gathered.clear()
             if writer is None:
@@ -553,14 +558,26 @@ class SubmitService:
         )
         queue_timeout = header.queue_timeout_seconds or self._limits.default_queue_timeout or None
         request_id = header.request_id or None
-        for _ in range(2):
+        # The first try inserts at once: the unique (tenant, request_id) key
+        # refuses a repeated request, and the second try finds its job.
+        for repeated in (False, True):
             try:
                 async with self._database.transaction() as repository:
-                    if request_id is not None:
+                    if request_id is not None and repeated:
                         existing = await repository.get_row_by_request_id(tenant, request_id)
                         if existing is not None:
                             return await self._repeat(repository, existing, fingerprint), False
-                    await self._check_tenant_queue(tenant, repository)
+                    try:
+                        await self._check_tenant_queue(tenant, repository)
+                    except errors.ServiceError:
+                        # A full queue does not refuse the retry of a submit
+                        # that was accepted: it gets its job.
+                        existing = request_id and await repository.get_row_by_request_id(
+                            tenant, request_id
+                        )
+                        if not existing:
+                            raise
+                        return await self._repeat(repository, existing, fingerprint), False
                     now = utc_now()
                     row = JobRow(
                         trace_parent=current_trace_parent(),
@@ -601,7 +618,7 @@ class SubmitService:
             except IntegrityError:
                 if request_id is None:
                     raise
-                continue  # a concurrent upload with the same request_id won: look again
+                continue  # a job with this request_id exists (a retry, or a concurrent twin)
             with log_context(job_id=job_id):
                 log.info("job %s accepted (pipeline %s, %d bytes)", job_id, plan.key, size)
             return job, True
