@@ -4,10 +4,13 @@ resumable writes, and staged uploads turned into jobs."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 
 import grpc
 import pytest
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
 from videojobs.jobservice.limits import WRITE_BATCH_BYTES
 from videojobs.storage import StorageKey
@@ -179,6 +182,51 @@ async def test_reads_follow_the_jobs_they_belong_to(job_service, blobs, sample_m
     # Keys of jobs that do not exist, or outside any job, read as NOT_FOUND.
     for key in (f"jobs/{'0' * 32}/input/source.mp4", "somewhere/else", output + "x"):
         assert (await _error(_read(blobs, key))).code == grpc.StatusCode.NOT_FOUND
+
+
+@contextlib.contextmanager
+def job_row_reads():
+    """Counts the statements that read the jobs table, on every engine."""
+    statements: list[str] = []
+
+    def before(connection, cursor, statement, parameters, context, executemany) -> None:
+        if "FROM jobs" in statement:
+            statements.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", before)
+    try:
+        yield statements
+    finally:
+        event.remove(Engine, "before_cursor_execute", before)
+
+
+async def test_a_lease_held_here_needs_no_database_read_until_it_ends(
+    job_service, blobs, sample_mp4
+):
+    job = await submit(job_service.stub, sample_mp4)
+    output = f"jobs/{job.job_id}/attempts/1/results.json"
+    async with ScriptedWorker(job_service.address, store=job_service.storage) as worker:
+        assignment = await worker.next("assignment")
+        lease = assignment.lease_token
+        with job_row_reads() as reads:
+            assert await _read(blobs, job.input_key, lease=lease) == sample_mp4
+            assert (await _write(blobs, output, b"{}", lease=lease)).complete
+        assert reads == []
+        # Outside the attempt's prefix is refused all the same.
+        outside = f"jobs/{job.job_id}/attempts/2/results.json"
+        denied = await _error(_write(blobs, outside, b"{}", lease=lease))
+        assert denied.code == grpc.StatusCode.PERMISSION_DENIED
+
+        await job_service.stub.CancelJob(js.CancelJobRequest(job_id=job.job_id))
+        stop = await worker.next("stop_job")
+        assert stop.job_id == job.job_id
+        # The ended lease is forgotten here: the database decides, and refuses.
+        with job_row_reads() as reads:
+            denied = await _error(_write(blobs, output, b"{}", lease=lease))
+            assert denied.code == grpc.StatusCode.PERMISSION_DENIED
+            missing = await _error(_read(blobs, job.input_key + "x", lease=lease))
+            assert missing.code == grpc.StatusCode.NOT_FOUND
+        assert reads
 
 
 async def test_one_stream_at_a_time_per_key(job_service, blobs, sample_mp4):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -31,6 +31,7 @@ from videojobs.common.aio import run_to_completion
 from videojobs.common.auth import LOCAL_PRINCIPAL, Principal, Role
 from videojobs.common.logs import bind_log_fields
 from videojobs.jobservice.domain import (
+    Assignment,
     JobState,
     attempt_prefix_for,
     is_staged_upload_key,
@@ -120,8 +121,12 @@ class BlobAccess:
         max_upload_bytes: int,
         admission: UploadAdmission,
         budget: StorageBudget,
+        held_assignment: Callable[[str, str], Assignment | None] | None = None,
     ) -> None:
         self._database = database
+        # The leases this replica's worker sessions hold (job_id, token ->
+        # Assignment): a worker's call under its own lease needs no read.
+        self._held_assignment = held_assignment or (lambda job_id, token: None)
         self._store = blob_store
         self._max_upload_bytes = max_upload_bytes
         self._admission = admission
@@ -140,6 +145,15 @@ class BlobAccess:
             return None
         return attempt_prefix_for(row.job_id, row.attempt, row.tenant)
 
+    def _held_here(self, job_id: str, principal: Principal, lease_token: str) -> Assignment | None:
+        """The assignment `lease_token` holds on the job in a worker session
+        of this replica (what the database would say, without reading it; a
+        lease ended by another replica is forgotten when its notice
+        arrives). Clients never act under a lease."""
+        if not lease_token or principal.role is Role.CLIENT:
+            return None
+        return self._held_assignment(job_id, lease_token)
+
     async def _job_row(self, job_id: str) -> JobRow | None:
         async with self._database.reading() as repository:
             return await repository.get_row(job_id)
@@ -154,6 +168,9 @@ class BlobAccess:
         job_id = job_id_of(key)
         if job_id is None:
             return False
+        held = self._held_here(job_id, principal, lease_token)
+        if held is not None and (key == held.input_key or key.is_within(held.output_prefix)):
+            return True
         row = await self._job_row(job_id)
         if row is None:
             return False
@@ -196,6 +213,9 @@ class BlobAccess:
         job_id = job_id_of(key)
         if job_id is None or not lease_token:
             return False
+        held = self._held_here(job_id, principal, lease_token)
+        if held is not None:
+            return key.is_within(held.output_prefix)
         prefix = self._lease_prefix(await self._job_row(job_id), lease_token)
         return prefix is not None and key.is_within(prefix)
 

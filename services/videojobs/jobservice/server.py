@@ -170,6 +170,7 @@ def build_job_service(settings: JobServiceSettings) -> JobServiceApp:
             max_upload_bytes=settings.max_upload_bytes,
             admission=submit.admission,
             budget=submit.budget,
+            held_assignment=coordinator.held_assignment,
         ),
         settings.upload_idle_timeout,
     )

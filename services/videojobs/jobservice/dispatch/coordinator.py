@@ -50,6 +50,7 @@ from videojobs.jobservice.dispatch.worker_reports import (
 )
 from videojobs.jobservice.domain import (
     Artifact,
+    Assignment,
     JobError,
     JobState,
     attempt_prefix_for,
@@ -173,6 +174,11 @@ class DispatchCoordinator:
     def max_partial_result_bytes(self) -> int:
         """Largest partial result that may be recorded (bigger ones are refused by size)."""
         return self._reports.limits.max_partial_result_bytes
+
+    def held_assignment(self, job_id: str, lease_token: str) -> Assignment | None:
+        """The assignment `lease_token` holds on `job_id` in a session of this
+        replica, or None (then only the database can tell)."""
+        return self._sessions.held_assignment(job_id, lease_token)
 
     @property
     def sessions(self) -> list[WorkerSession]:

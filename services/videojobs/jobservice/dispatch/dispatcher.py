@@ -168,6 +168,7 @@ class Dispatcher:
                     )
             return False, False
         session.leases[assignment.job_id] = token
+        session.assigned[assignment.job_id] = assignment
         session.outbox.put_nowait(assignment)
         # A span of the job's trace from when it could run to its assignment.
         with job_span(

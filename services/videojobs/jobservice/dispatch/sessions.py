@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from videojobs.common import errors
 from videojobs.common.auth import Principal
 from videojobs.common.text import echo
+from videojobs.jobservice.domain import Assignment
 from videojobs.jobservice.limits import (
     MAX_ANNOUNCED_PIPELINES,
     MAX_HELD_LEASES,
@@ -82,6 +83,10 @@ class WorkerSession:
     # recorded (progress events are thinned to one per interval).
     partial_buckets: dict[str, TokenBucket] = field(default_factory=dict)
     last_progress_at: dict[str, float] = field(default_factory=dict)
+    # What each lease was given (job_id -> Assignment; not for leases adopted
+    # at hello): its blob calls are checked against it without a database
+    # read, while `leases` still names the same token.
+    assigned: dict[str, Assignment] = field(default_factory=dict)
     # Progress held back by that interval, and the timers that record it.
     pending_progress: dict[str, tuple[str, float, str]] = field(default_factory=dict)
     progress_flushes: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
@@ -113,6 +118,7 @@ class WorkerSession:
 
     def forget_lease(self, job_id: str) -> None:
         """Drops the per-lease report state of `job_id`."""
+        self.assigned.pop(job_id, None)
         self.partial_buckets.pop(job_id, None)
         self.last_progress_at.pop(job_id, None)
         self.pending_progress.pop(job_id, None)
@@ -168,11 +174,24 @@ class SessionTable:
             )
             self.remove(older)
             older.leases.clear()
+            older.assigned.clear()
             older.stopping.clear()
             older.cancel_timers()
             older.outbox.put_nowait(SESSION_REPLACED)
             replaced = True
         return replaced
+
+    def held_assignment(self, job_id: str, lease_token: str) -> Assignment | None:
+        """The assignment of `job_id` whose lease `lease_token` is, if a
+        session of this replica holds it now (as far as this replica knows:
+        a lease another replica ended is forgotten when its notice arrives)."""
+        for session in self._sessions.values():
+            if session.leases.get(job_id) == lease_token:
+                assignment = session.assigned.get(job_id)
+                if assignment is not None and assignment.lease_token == lease_token:
+                    return assignment
+                return None
+        return None
 
     def stop(self, job_id: str, lease_token: str, reason: StopReason) -> bool:
         """Tells the session holding `lease_token` (if it is here) to stop the
