@@ -99,3 +99,15 @@ async def test_a_closed_inbox_wakes_a_waiting_take(waiting):
     assert not taking.done()
     inbox.close("ended")
     assert await asyncio.wait_for(taking, 5) == ([], "ended")
+
+
+async def test_take_waiting_never_waits_and_takes_at_most_what_it_is_asked():
+    inbox = ReportInbox(max_messages=10, max_bytes=1 << 20)
+    assert inbox.take_waiting(5) == ([], None)
+    for name in "abc":
+        await inbox.put(_message(name), 10)
+    messages, end = inbox.take_waiting(2)
+    assert (_ids(messages), end) == (["a", "b"], None)
+    inbox.close("ended")
+    messages, end = inbox.take_waiting(5)
+    assert (_ids(messages), end) == (["c"], "ended")

@@ -66,6 +66,11 @@ _STOP_REASONS = {
     StopReason.TIMED_OUT: pb.STOP_REASON_TIMED_OUT,
 }
 _END_OF_STREAM = object()
+# Turns of the event loop a run of reports waits for more to arrive. With 32
+# tiny jobs in flight on one worker (2026-11-22, 2 cores), 0, 1, 2 and 4 turns
+# applied the same reports in 1333, 1220, 1142 and 1061 transactions, and
+# one job in flight took no longer.
+GATHER_TURNS = 4
 
 
 def _key(value: str, field_name: str) -> StorageKey:
@@ -203,6 +208,15 @@ class DispatchServicer(dispatch_service_pb2_grpc.DispatchServiceServicer):
         try:
             while True:
                 messages, end = await inbox.take()
+                # A few turns of the loop let the receiver pick up messages
+                # that have already arrived (each read completes in a turn
+                # of its own): they join this run.
+                for _ in range(GATHER_TURNS):
+                    if end is not None or len(messages) >= REPORT_RUN_MAX_MESSAGES:
+                        break
+                    await asyncio.sleep(0)
+                    more, end = inbox.take_waiting(REPORT_RUN_MAX_MESSAGES - len(messages))
+                    messages += more
                 reports: list[WorkerReport] = []
                 malformed = None
                 for message in messages:
@@ -379,6 +393,18 @@ class ReportInbox:
         if it broke)."""
         self._end = end
         self._ready.set()
+
+    def take_waiting(self, most: int) -> tuple[list[pb.ConnectRequest], object | None]:
+        """At most `most` of the messages waiting now (maybe none), and how
+        the stream ended once nothing more will come."""
+        messages = []
+        while self._waiting and len(messages) < most:
+            message, size = self._waiting.popleft()
+            self._bytes -= size
+            messages.append(message)
+        if messages:
+            self._room.set()
+        return messages, (self._end if not self._waiting else None)
 
     async def take(self) -> tuple[list[pb.ConnectRequest], object | None]:
         """The messages waiting (at least one unless the stream has ended),
