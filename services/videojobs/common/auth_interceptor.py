@@ -89,14 +89,22 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, registry: AuthRegistry | None, policy: Policy) -> None:
         self._registry = registry
         self._policy = dict(policy)
+        # method -> (the handler it wrapped, the wrapper): built once per
+        # method, not per call (the check itself runs on every call).
+        self._wrapped: dict[str, tuple[object, object]] = {}
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or method.startswith(OPEN_SERVICE_PREFIXES):
             return handler
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
         allowed = self._policy.get(method, frozenset())
-        return _wrap(handler, lambda context: self._admit(context, method, allowed), self)
+        wrapped = _wrap(handler, lambda context: self._admit(context, method, allowed), self)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
     def _admit(
         self, context, method: str, allowed: frozenset[Role]

@@ -64,21 +64,40 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
     a fresh one). Placed first, so calls the auth interceptor refuses are
     counted too (UNAUTHENTICATED, PERMISSION_DENIED)."""
 
+    def __init__(self) -> None:
+        # method -> (the handler it wrapped, the wrapper): built once per
+        # method, not per call.
+        self._wrapped: dict[str, tuple[object, object]] = {}
+
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        service, method = _split(handler_call_details.method)
-        return _timed(handler, service, method)
+        full_name = handler_call_details.method
+        cached = self._wrapped.get(full_name)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        service, method = _split(full_name)
+        wrapped = _timed(handler, service, method)
+        self._wrapped[full_name] = (handler, wrapped)
+        return wrapped
 
 
 def _timed(handler, service: str, method: str):
     behavior, factory = handler_parts(handler)
+    # The metric children of this method, by status code name.
+    children: dict[str, tuple] = {}
 
     def record(started: float, context, failure: BaseException | None) -> None:
         code = _code_name(context, failure)
-        RPC_REQUESTS.labels(service, method, code).inc()
-        RPC_DURATION.labels(service, method, code).observe(time.perf_counter() - started)
+        pair = children.get(code)
+        if pair is None:
+            pair = children[code] = (
+                RPC_REQUESTS.labels(service, method, code),
+                RPC_DURATION.labels(service, method, code),
+            )
+        pair[0].inc()
+        pair[1].observe(time.perf_counter() - started)
 
     def name_the_call(context) -> None:
         bind_log_fields(request_id=_request_id(context), rpc=method)

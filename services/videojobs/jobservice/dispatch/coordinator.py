@@ -585,7 +585,8 @@ class DispatchCoordinator:
             if refused is None:
                 log.info("job %s succeeded on worker %s", job_id, session.worker_id)
                 self.dispatcher.wake()
-                await self._outputs.remove_other_attempts(job_id, prefix)
+                if attempt > 1:  # only earlier attempts can have left files
+                    await self._outputs.remove_other_attempts(job_id, prefix)
 
         batch.after(job_id, after)
         return None
