@@ -21,7 +21,12 @@ from alembic.config import Config
 from sqlalchemy import event, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from videojobs.jobservice.notifier import InProcessNotifier, Notifier
@@ -63,12 +68,18 @@ def _configure_sqlite(engine: AsyncEngine, *, writer: bool, inline: bool) -> Non
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection) -> None:
-        if not writer:
-            connection.exec_driver_sql("BEGIN")
-        elif inline:
-            begin_immediate(connection)
-        else:
+        if inline:
+            # Straight to the driver: SQLAlchemy's statement machinery cost
+            # more than the BEGIN itself, once per transaction.
+            driver_connection = connection.connection.dbapi_connection
+            if writer:
+                begin_immediate(driver_connection)
+            else:
+                driver_connection.execute("BEGIN")
+        elif writer:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            connection.exec_driver_sql("BEGIN")
 
 
 class SingleReplicaError(RuntimeError):
@@ -123,6 +134,7 @@ class Database:
             self._read_engine = self._write_engine
         self._write_sessions = async_sessionmaker(self._write_engine, expire_on_commit=False)
         self._read_sessions = async_sessionmaker(self._read_engine, expire_on_commit=False)
+        self._inline = inline
         self.notifier: Notifier = notifier or InProcessNotifier()
         self._replica_lock: int | None = None
 
@@ -136,7 +148,7 @@ class Database:
     async def transaction(self) -> AsyncIterator[JobRepository]:
         """A write unit of work: commits on success, rolls back on error; its
         notices go out on commit."""
-        async with self._write_sessions() as session, session.begin():
+        async with self._session(self._write_sessions) as session, session.begin():
             repository = JobRepository(session, skip_locked=not self.is_sqlite)
             yield repository
             notices = repository.pending_notices()
@@ -148,8 +160,25 @@ class Database:
     @contextlib.asynccontextmanager
     async def reading(self) -> AsyncIterator[JobRepository]:
         """A read-only unit of work."""
-        async with self._read_sessions() as session, session.begin():
+        async with self._session(self._read_sessions) as session, session.begin():
             yield JobRepository(session)
+
+    @contextlib.asynccontextmanager
+    async def _session(self, sessions: async_sessionmaker) -> AsyncIterator[AsyncSession]:
+        """A session, closed at the end. SQLAlchemy closes an AsyncSession in
+        a task of its own, shielded, so a cancellation cannot cut the close
+        short (a connection awaiting its reset on the way back to the pool).
+        On inline SQLite nothing in the close waits, so it cannot be cut
+        short: it runs here, without the task and its two turns of the loop."""
+        if not self._inline:
+            async with sessions() as session:
+                yield session
+            return
+        session = sessions()
+        try:
+            yield session
+        finally:
+            await session.close()
 
     def hold_single_replica_lock(self) -> None:
         """On SQLite, makes this process the database's only job-service: an

@@ -36,7 +36,7 @@ import time
 from sqlalchemy import pool
 from sqlalchemy.dialects import registry
 from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
-from sqlalchemy.engine import URL, Connection
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.util import await_
 
@@ -100,23 +100,24 @@ class InlineSQLiteDialect(SQLiteDialect_pysqlite):
 registry.register(f"sqlite.{DRIVER}", __name__, "InlineSQLiteDialect")
 
 
-def _is_locked(exc: OperationalError) -> bool:
-    text = str(exc.orig).lower()
+def _is_locked(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
     return "database is locked" in text or "database is busy" in text
 
 
-def begin_immediate(connection: Connection) -> None:
-    """`BEGIN IMMEDIATE`, waiting for another process's write lock with
-    `asyncio.sleep` (the loop runs on) between tries, up to
-    WRITE_LOCK_WAIT_SECONDS; then the last "database is locked" error."""
+def begin_immediate(connection: sqlite3.Connection) -> None:
+    """`BEGIN IMMEDIATE` on a driver connection, waiting for another
+    process's write lock with `asyncio.sleep` (the loop runs on) between
+    tries, up to WRITE_LOCK_WAIT_SECONDS; then SQLAlchemy's OperationalError
+    of the last "database is locked"."""
     deadline = time.monotonic() + WRITE_LOCK_WAIT_SECONDS
     delay = 0.001
     while True:
         try:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            connection.execute("BEGIN IMMEDIATE")
             return
-        except OperationalError as exc:
+        except sqlite3.OperationalError as exc:
             if not _is_locked(exc) or time.monotonic() + delay > deadline:
-                raise
+                raise OperationalError("BEGIN IMMEDIATE", (), exc) from exc
         await_(asyncio.sleep(delay))
         delay = min(delay * 2, 0.05)
