@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from videojobs.client import AsyncJobClient, JobClient, VideoJobsError
+from videojobs.common.metrics import RPC_REQUESTS
 from videojobs.v1 import dispatch_service_pb2 as dpb
 from videojobs.v1 import job_pb2
 
@@ -92,3 +93,41 @@ async def test_follow_resumes_across_a_server_restart(start_job_service, tmp_pat
     kinds = [e.WhichOneof("payload") for e in seen]
     assert kinds == ["state_changed", "state_changed", "progress", "partial_result", "completed"]
     assert [e.sequence for e in seen] == [1, 2, 3, 4, 5]
+
+
+def _get_status_calls() -> float:
+    """GetStatus calls this process's job-service has answered so far."""
+    return RPC_REQUESTS.labels("videojobs.v1.JobService", "GetStatus", "OK")._value.get()
+
+
+async def test_wait_returns_the_final_job_without_asking_get_status(job_service, video_file):
+    async with AsyncJobClient(job_service.address) as client:
+        async with ScriptedWorker(job_service.address, store=job_service.storage) as worker:
+            sync_job = await asyncio.to_thread(_submit_sync, job_service.address, video_file)
+            async_job = await client.submit(video_file)
+            for _ in range(2):
+                assignment = await worker.next("assignment")
+                worker.complete(assignment, summary={"frames": 25})
+            before = _get_status_calls()
+            seen: list[str] = []
+            waited_async = await client.wait(
+                async_job.job_id, on_event=lambda e: seen.append(e.WhichOneof("payload"))
+            )
+            waited_sync = await asyncio.to_thread(_wait_sync, job_service.address, sync_job.job_id)
+            assert _get_status_calls() == before
+        for waited, submitted in ((waited_async, async_job), (waited_sync, sync_job)):
+            assert waited.job_id == submitted.job_id
+            assert waited.state == job_pb2.JOB_STATE_SUCCEEDED
+            assert dict(waited.summary) == {"frames": 25}
+            assert waited == await client.get_status(submitted.job_id)
+        assert seen[-1] == "completed"
+
+
+def _submit_sync(address: str, video) -> job_pb2.Job:
+    with JobClient(address) as client:
+        return client.submit(video)
+
+
+def _wait_sync(address: str, job_id: str) -> job_pb2.Job:
+    with JobClient(address) as client:
+        return client.wait(job_id)

@@ -224,3 +224,29 @@ async def test_live_events_reach_a_follower_without_reading_the_database(job_ser
 
 async def _settled(received: list, count: int) -> bool:
     return len(received) >= count
+
+
+async def test_the_final_job_comes_with_the_terminal_event_when_asked(job_service, sample_mp4):
+    job = await submit(job_service.stub, sample_mp4)
+    async with ScriptedWorker(job_service.address, store=job_service.storage) as worker:
+        assignment = await worker.next("assignment")
+        worker.progress(assignment, 0.5)
+        worker.complete(assignment, summary={"width": 160})
+        asked = [
+            response
+            async for response in job_service.stub.StreamResults(
+                js.StreamResultsRequest(job_id=job.job_id, include_final_job=True)
+            )
+        ]
+    status = (await job_service.stub.GetStatus(js.GetStatusRequest(job_id=job.job_id))).job
+    # Only the terminal event's response carries it, and it is what GetStatus says.
+    assert [r.HasField("final_job") for r in asked] == [False] * (len(asked) - 1) + [True]
+    assert asked[-1].event.WhichOneof("payload") == "completed"
+    assert asked[-1].final_job == status
+    assert status.state == job_pb2.JOB_STATE_SUCCEEDED
+    # Not asked: no response carries it (a follower that wants events costs no read).
+    plain = [
+        r async for r in job_service.stub.StreamResults(js.StreamResultsRequest(job_id=job.job_id))
+    ]
+    assert [r.event for r in plain] == [r.event for r in asked]
+    assert not any(r.HasField("final_job") for r in plain)

@@ -202,3 +202,24 @@ def test_cursor_announces_each_reconnect_but_not_the_last_failure() -> None:
     with pytest.raises(VideoJobsError):
         cursor.delay_after_error(FakeCallError(grpc.StatusCode.NOT_FOUND))
     assert len(heard) == 2
+
+
+def test_the_final_job_is_asked_for_and_kept_from_the_terminal_response_only():
+    cursor = FollowCursor("j" * 32, include_final_job=True)
+    assert cursor.request().include_final_job
+    assert not FollowCursor("j" * 32).request().include_final_job
+    early = response(1, progress=job_pb2.Progress(fraction=0.5))
+    early.final_job.job_id = "not the end"  # a server's mistake: ignored
+    cursor.accept(early)
+    assert cursor.final_job is None
+    last = response(2, completed=job_pb2.JobCompleted())
+    last.final_job.job_id = "j" * 32
+    cursor.accept(last)
+    assert cursor.finished and cursor.final_job.job_id == "j" * 32
+
+
+def test_a_terminal_response_without_the_final_job_leaves_it_unset():
+    # An older server ignores include_final_job: the client then asks GetStatus.
+    cursor = FollowCursor("j" * 32, include_final_job=True)
+    cursor.accept(response(1, failed=job_pb2.JobFailed()))
+    assert cursor.finished and cursor.final_job is None

@@ -546,6 +546,14 @@ class AsyncJobClient:
             reconnect_timeout=reconnect_timeout,
             on_reconnect=on_reconnect,
         )
+        events = self._follow(cursor)
+        try:
+            async for event in events:
+                yield event
+        finally:
+            await events.aclose()
+
+    async def _follow(self, cursor: FollowCursor) -> AsyncIterator[job_pb2.JobEvent]:
         while not cursor.finished:
             call = self._service().StreamResults(cursor.request())
             try:
@@ -567,14 +575,17 @@ class AsyncJobClient:
     async def wait(self, job_id: str, *, on_event: EventCallback | None = None) -> job_pb2.Job:
         """Follows the job to its end, calling `on_event` with each event,
         then returns the final job."""
-        events = self.follow(job_id)
+        cursor = FollowCursor(job_id, include_final_job=True)
+        events = self._follow(cursor)
         try:
             async for event in events:
                 if on_event is not None:
                     on_event(event)
         finally:
             await events.aclose()
-        return await self.get_status(job_id)
+        # The job as it ended came with the terminal event (a server that
+        # does not send it is asked).
+        return cursor.final_job or await self.get_status(job_id)
 
 
 class _AsyncUploadConnection:

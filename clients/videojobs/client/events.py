@@ -98,8 +98,13 @@ class FollowCursor:
         reconnect_timeout: float = RECONNECT_TIMEOUT,
         on_reconnect: ReconnectCallback | None = None,
         clock: Callable[[], float] = time.monotonic,
+        include_final_job: bool = False,
     ) -> None:
         self.job_id = job_id
+        # Ask for the job as it ended with the terminal event; `final_job`
+        # holds it once received (None: not asked, or the server sent none).
+        self.include_final_job = include_final_job
+        self.final_job: job_pb2.Job | None = None
         self._on_reconnect = on_reconnect
         self.last_sequence = after_sequence
         self.reconnect = reconnect
@@ -112,7 +117,9 @@ class FollowCursor:
         """The StreamResults request for the next (or first) attempt."""
         self._attempt_started = self._clock()
         return job_service_pb2.StreamResultsRequest(
-            job_id=self.job_id, after_sequence=self.last_sequence
+            job_id=self.job_id,
+            after_sequence=self.last_sequence,
+            include_final_job=self.include_final_job,
         )
 
     def accept(self, response: job_service_pb2.StreamResultsResponse) -> job_pb2.JobEvent | None:
@@ -123,6 +130,8 @@ class FollowCursor:
             return None
         self.last_sequence = event.sequence
         self.finished = is_terminal_event(event)
+        if self.finished and response.HasField("final_job"):
+            self.final_job = response.final_job
         # A delivered event proves the stream works: a later break starts a new window.
         self._backoff.reset()
         return event

@@ -522,6 +522,9 @@ class JobClient:
             reconnect_timeout=reconnect_timeout,
             on_reconnect=on_reconnect,
         )
+        yield from self._follow(cursor)
+
+    def _follow(self, cursor: FollowCursor) -> Iterator[job_pb2.JobEvent]:
         while not cursor.finished:
             call = self._stub.StreamResults(cursor.request())
             try:
@@ -543,10 +546,13 @@ class JobClient:
     def wait(self, job_id: str, *, on_event: EventCallback | None = None) -> job_pb2.Job:
         """Follows the job to its end, calling `on_event` with each event,
         then returns the final job."""
-        for event in self.follow(job_id):
+        cursor = FollowCursor(job_id, include_final_job=True)
+        for event in self._follow(cursor):
             if on_event is not None:
                 on_event(event)
-        return self.get_status(job_id)
+        # The job as it ended came with the terminal event (a server that
+        # does not send it is asked).
+        return cursor.final_job or self.get_status(job_id)
 
 
 class _UploadConnection:

@@ -28,7 +28,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from videojobs.v1 import job_pb2 as videojobs_dot_v1_dot_job__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1evideojobs/v1/job_service.proto\x12\x0cvideojobs.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16videojobs/v1/job.proto\"^\n\x12SubmitVideoRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.videojobs.v1.UploadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"\xe1\x02\n\x0cUploadHeader\x12\x11\n\tfile_name\x18\x01 \x01(\t\x12\x10\n\x08pipeline\x18\x02 \x01(\t\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x1b\n\x13\x65xpected_size_bytes\x18\x05 \x01(\x03\x12\x17\n\x0f\x65xpected_sha256\x18\x06 \x01(\t\x12\x14\n\x0cmax_attempts\x18\x07 \x01(\x05\x12\x10\n\x08priority\x18\x08 \x01(\x05\x12\x34\n\x11\x65xecution_timeout\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\rqueue_timeout\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tpipelines\x18\x0b \x03(\t\x12\x12\n\nupload_key\x18\x0c \x01(\t\"5\n\x13SubmitVideoResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.videojobs.v1.Job\"\"\n\x10GetStatusRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"3\n\x11GetStatusResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.videojobs.v1.Job\">\n\x14StreamResultsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\">\n\x15StreamResultsResponse\x12%\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x16.videojobs.v1.JobEvent\"\x82\x01\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12&\n\x06states\x18\x03 \x03(\x0e\x32\x16.videojobs.v1.JobState\x12\x10\n\x08pipeline\x18\x04 \x01(\t\x12\x0e\n\x06tenant\x18\x05 \x01(\t\"L\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.videojobs.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"3\n\x11\x43\x61ncelJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.videojobs.v1.Job\"\"\n\x10\x44\x65leteJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"*\n\x11\x44\x65leteJobResponse\x12\x15\n\rdeleted_blobs\x18\x01 \x01(\x03\"\x16\n\x14ListPipelinesRequest\"\x83\x01\n\x15ListPipelinesResponse\x12-\n\tpipelines\x18\x01 \x03(\x0b\x32\x1a.videojobs.v1.PipelineInfo\x12;\n\x1asampling_parameters_schema\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xcd\x01\n\x0cPipelineInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x32\n\x11parameters_schema\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0f\x61nalyses_frames\x18\x05 \x01(\x08\x12<\n\x19\x64\x65\x66\x61ult_execution_timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x14\n\x12ListWorkersRequest\"@\n\x13ListWorkersResponse\x12)\n\x07workers\x18\x01 \x03(\x0b\x32\x18.videojobs.v1.WorkerInfo\"\x8c\x02\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x16\n\x0estatus_address\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x11\n\tpipelines\x18\x04 \x03(\t\x12\r\n\x05slots\x18\x05 \x01(\x05\x12\x12\n\nslots_used\x18\x06 \x01(\x05\x12\x10\n\x08\x64raining\x18\x07 \x01(\x08\x12\x30\n\x0c\x63onnect_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x13last_heartbeat_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07job_ids\x18\n \x03(\t\"L\n\x0fGetStatsRequest\x12)\n\x06window\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06tenant\x18\x02 \x01(\t\"\x96\x01\n\x10GetStatsResponse\x12\x30\n\x0cwindow_start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x05total\x18\x02 \x01(\x0b\x32\x16.videojobs.v1.JobStats\x12)\n\tpipelines\x18\x03 \x03(\x0b\x32\x16.videojobs.v1.JobStats\"\xa4\x02\n\x08JobStats\x12\x10\n\x08pipeline\x18\x01 \x01(\t\x12(\n\x06\x63ounts\x18\x02 \x03(\x0b\x32\x18.videojobs.v1.StateCount\x12\x14\n\x0csuccess_rate\x18\x03 \x01(\x01\x12/\n\x0c\x64uration_p50\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0c\x64uration_p95\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0equeue_wait_p50\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0equeue_wait_p95\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\"B\n\nStateCount\x12%\n\x05state\x18\x01 \x01(\x0e\x32\x16.videojobs.v1.JobState\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x32\xec\x05\n\nJobService\x12T\n\x0bSubmitVideo\x12 .videojobs.v1.SubmitVideoRequest\x1a!.videojobs.v1.SubmitVideoResponse(\x01\x12L\n\tGetStatus\x12\x1e.videojobs.v1.GetStatusRequest\x1a\x1f.videojobs.v1.GetStatusResponse\x12Z\n\rStreamResults\x12\".videojobs.v1.StreamResultsRequest\x1a#.videojobs.v1.StreamResultsResponse0\x01\x12I\n\x08ListJobs\x12\x1d.videojobs.v1.ListJobsRequest\x1a\x1e.videojobs.v1.ListJobsResponse\x12L\n\tCancelJob\x12\x1e.videojobs.v1.CancelJobRequest\x1a\x1f.videojobs.v1.CancelJobResponse\x12L\n\tDeleteJob\x12\x1e.videojobs.v1.DeleteJobRequest\x1a\x1f.videojobs.v1.DeleteJobResponse\x12X\n\rListPipelines\x12\".videojobs.v1.ListPipelinesRequest\x1a#.videojobs.v1.ListPipelinesResponse\x12R\n\x0bListWorkers\x12 .videojobs.v1.ListWorkersRequest\x1a!.videojobs.v1.ListWorkersResponse\x12I\n\x08GetStats\x12\x1d.videojobs.v1.GetStatsRequest\x1a\x1e.videojobs.v1.GetStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1evideojobs/v1/job_service.proto\x12\x0cvideojobs.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16videojobs/v1/job.proto\"^\n\x12SubmitVideoRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.videojobs.v1.UploadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"\xe1\x02\n\x0cUploadHeader\x12\x11\n\tfile_name\x18\x01 \x01(\t\x12\x10\n\x08pipeline\x18\x02 \x01(\t\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x1b\n\x13\x65xpected_size_bytes\x18\x05 \x01(\x03\x12\x17\n\x0f\x65xpected_sha256\x18\x06 \x01(\t\x12\x14\n\x0cmax_attempts\x18\x07 \x01(\x05\x12\x10\n\x08priority\x18\x08 \x01(\x05\x12\x34\n\x11\x65xecution_timeout\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\rqueue_timeout\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tpipelines\x18\x0b \x03(\t\x12\x12\n\nupload_key\x18\x0c \x01(\t\"5\n\x13SubmitVideoResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.videojobs.v1.Job\"\"\n\x10GetStatusRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"3\n\x11GetStatusResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.videojobs.v1.Job\"Y\n\x14StreamResultsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\x12\x19\n\x11include_final_job\x18\x03 \x01(\x08\"d\n\x15StreamResultsResponse\x12%\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x16.videojobs.v1.JobEvent\x12$\n\tfinal_job\x18\x02 \x01(\x0b\x32\x11.videojobs.v1.Job\"\x82\x01\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12&\n\x06states\x18\x03 \x03(\x0e\x32\x16.videojobs.v1.JobState\x12\x10\n\x08pipeline\x18\x04 \x01(\t\x12\x0e\n\x06tenant\x18\x05 \x01(\t\"L\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.videojobs.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"3\n\x11\x43\x61ncelJobResponse\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.videojobs.v1.Job\"\"\n\x10\x44\x65leteJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"*\n\x11\x44\x65leteJobResponse\x12\x15\n\rdeleted_blobs\x18\x01 \x01(\x03\"\x16\n\x14ListPipelinesRequest\"\x83\x01\n\x15ListPipelinesResponse\x12-\n\tpipelines\x18\x01 \x03(\x0b\x32\x1a.videojobs.v1.PipelineInfo\x12;\n\x1asampling_parameters_schema\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xcd\x01\n\x0cPipelineInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x32\n\x11parameters_schema\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0f\x61nalyses_frames\x18\x05 \x01(\x08\x12<\n\x19\x64\x65\x66\x61ult_execution_timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x14\n\x12ListWorkersRequest\"@\n\x13ListWorkersResponse\x12)\n\x07workers\x18\x01 \x03(\x0b\x32\x18.videojobs.v1.WorkerInfo\"\x8c\x02\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x16\n\x0estatus_address\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x11\n\tpipelines\x18\x04 \x03(\t\x12\r\n\x05slots\x18\x05 \x01(\x05\x12\x12\n\nslots_used\x18\x06 \x01(\x05\x12\x10\n\x08\x64raining\x18\x07 \x01(\x08\x12\x30\n\x0c\x63onnect_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x13last_heartbeat_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07job_ids\x18\n \x03(\t\"L\n\x0fGetStatsRequest\x12)\n\x06window\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06tenant\x18\x02 \x01(\t\"\x96\x01\n\x10GetStatsResponse\x12\x30\n\x0cwindow_start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x05total\x18\x02 \x01(\x0b\x32\x16.videojobs.v1.JobStats\x12)\n\tpipelines\x18\x03 \x03(\x0b\x32\x16.videojobs.v1.JobStats\"\xa4\x02\n\x08JobStats\x12\x10\n\x08pipeline\x18\x01 \x01(\t\x12(\n\x06\x63ounts\x18\x02 \x03(\x0b\x32\x18.videojobs.v1.StateCount\x12\x14\n\x0csuccess_rate\x18\x03 \x01(\x01\x12/\n\x0c\x64uration_p50\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0c\x64uration_p95\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0equeue_wait_p50\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0equeue_wait_p95\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\"B\n\nStateCount\x12%\n\x05state\x18\x01 \x01(\x0e\x32\x16.videojobs.v1.JobState\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x32\xec\x05\n\nJobService\x12T\n\x0bSubmitVideo\x12 .videojobs.v1.SubmitVideoRequest\x1a!.videojobs.v1.SubmitVideoResponse(\x01\x12L\n\tGetStatus\x12\x1e.videojobs.v1.GetStatusRequest\x1a\x1f.videojobs.v1.GetStatusResponse\x12Z\n\rStreamResults\x12\".videojobs.v1.StreamResultsRequest\x1a#.videojobs.v1.StreamResultsResponse0\x01\x12I\n\x08ListJobs\x12\x1d.videojobs.v1.ListJobsRequest\x1a\x1e.videojobs.v1.ListJobsResponse\x12L\n\tCancelJob\x12\x1e.videojobs.v1.CancelJobRequest\x1a\x1f.videojobs.v1.CancelJobResponse\x12L\n\tDeleteJob\x12\x1e.videojobs.v1.DeleteJobRequest\x1a\x1f.videojobs.v1.DeleteJobResponse\x12X\n\rListPipelines\x12\".videojobs.v1.ListPipelinesRequest\x1a#.videojobs.v1.ListPipelinesResponse\x12R\n\x0bListWorkers\x12 .videojobs.v1.ListWorkersRequest\x1a!.videojobs.v1.ListWorkersResponse\x12I\n\x08GetStats\x12\x1d.videojobs.v1.GetStatsRequest\x1a\x1e.videojobs.v1.GetStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,41 +46,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSTATUSRESPONSE']._serialized_start=710
   _globals['_GETSTATUSRESPONSE']._serialized_end=761
   _globals['_STREAMRESULTSREQUEST']._serialized_start=763
-  _globals['_STREAMRESULTSREQUEST']._serialized_end=825
-  _globals['_STREAMRESULTSRESPONSE']._serialized_start=827
-  _globals['_STREAMRESULTSRESPONSE']._serialized_end=889
-  _globals['_LISTJOBSREQUEST']._serialized_start=892
-  _globals['_LISTJOBSREQUEST']._serialized_end=1022
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1024
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1100
-  _globals['_CANCELJOBREQUEST']._serialized_start=1102
-  _globals['_CANCELJOBREQUEST']._serialized_end=1152
-  _globals['_CANCELJOBRESPONSE']._serialized_start=1154
-  _globals['_CANCELJOBRESPONSE']._serialized_end=1205
-  _globals['_DELETEJOBREQUEST']._serialized_start=1207
-  _globals['_DELETEJOBREQUEST']._serialized_end=1241
-  _globals['_DELETEJOBRESPONSE']._serialized_start=1243
-  _globals['_DELETEJOBRESPONSE']._serialized_end=1285
-  _globals['_LISTPIPELINESREQUEST']._serialized_start=1287
-  _globals['_LISTPIPELINESREQUEST']._serialized_end=1309
-  _globals['_LISTPIPELINESRESPONSE']._serialized_start=1312
-  _globals['_LISTPIPELINESRESPONSE']._serialized_end=1443
-  _globals['_PIPELINEINFO']._serialized_start=1446
-  _globals['_PIPELINEINFO']._serialized_end=1651
-  _globals['_LISTWORKERSREQUEST']._serialized_start=1653
-  _globals['_LISTWORKERSREQUEST']._serialized_end=1673
-  _globals['_LISTWORKERSRESPONSE']._serialized_start=1675
-  _globals['_LISTWORKERSRESPONSE']._serialized_end=1739
-  _globals['_WORKERINFO']._serialized_start=1742
-  _globals['_WORKERINFO']._serialized_end=2010
-  _globals['_GETSTATSREQUEST']._serialized_start=2012
-  _globals['_GETSTATSREQUEST']._serialized_end=2088
-  _globals['_GETSTATSRESPONSE']._serialized_start=2091
-  _globals['_GETSTATSRESPONSE']._serialized_end=2241
-  _globals['_JOBSTATS']._serialized_start=2244
-  _globals['_JOBSTATS']._serialized_end=2536
-  _globals['_STATECOUNT']._serialized_start=2538
-  _globals['_STATECOUNT']._serialized_end=2604
-  _globals['_JOBSERVICE']._serialized_start=2607
-  _globals['_JOBSERVICE']._serialized_end=3355
+  _globals['_STREAMRESULTSREQUEST']._serialized_end=852
+  _globals['_STREAMRESULTSRESPONSE']._serialized_start=854
+  _globals['_STREAMRESULTSRESPONSE']._serialized_end=954
+  _globals['_LISTJOBSREQUEST']._serialized_start=957
+  _globals['_LISTJOBSREQUEST']._serialized_end=1087
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1089
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1165
+  _globals['_CANCELJOBREQUEST']._serialized_start=1167
+  _globals['_CANCELJOBREQUEST']._serialized_end=1217
+  _globals['_CANCELJOBRESPONSE']._serialized_start=1219
+  _globals['_CANCELJOBRESPONSE']._serialized_end=1270
+  _globals['_DELETEJOBREQUEST']._serialized_start=1272
+  _globals['_DELETEJOBREQUEST']._serialized_end=1306
+  _globals['_DELETEJOBRESPONSE']._serialized_start=1308
+  _globals['_DELETEJOBRESPONSE']._serialized_end=1350
+  _globals['_LISTPIPELINESREQUEST']._serialized_start=1352
+  _globals['_LISTPIPELINESREQUEST']._serialized_end=1374
+  _globals['_LISTPIPELINESRESPONSE']._serialized_start=1377
+  _globals['_LISTPIPELINESRESPONSE']._serialized_end=1508
+  _globals['_PIPELINEINFO']._serialized_start=1511
+  _globals['_PIPELINEINFO']._serialized_end=1716
+  _globals['_LISTWORKERSREQUEST']._serialized_start=1718
+  _globals['_LISTWORKERSREQUEST']._serialized_end=1738
+  _globals['_LISTWORKERSRESPONSE']._serialized_start=1740
+  _globals['_LISTWORKERSRESPONSE']._serialized_end=1804
+  _globals['_WORKERINFO']._serialized_start=1807
+  _globals['_WORKERINFO']._serialized_end=2075
+  _globals['_GETSTATSREQUEST']._serialized_start=2077
+  _globals['_GETSTATSREQUEST']._serialized_end=2153
+  _globals['_GETSTATSRESPONSE']._serialized_start=2156
+  _globals['_GETSTATSRESPONSE']._serialized_end=2306
+  _globals['_JOBSTATS']._serialized_start=2309
+  _globals['_JOBSTATS']._serialized_end=2601
+  _globals['_STATECOUNT']._serialized_start=2603
+  _globals['_STATECOUNT']._serialized_end=2669
+  _globals['_JOBSERVICE']._serialized_start=2672
+  _globals['_JOBSERVICE']._serialized_end=3420
 # @@protoc_insertion_point(module_scope)

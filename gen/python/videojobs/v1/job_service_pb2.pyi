@@ -67,18 +67,22 @@ class GetStatusResponse(_message.Message):
     def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ...) -> None: ...
 
 class StreamResultsRequest(_message.Message):
-    __slots__ = ("job_id", "after_sequence")
+    __slots__ = ("job_id", "after_sequence", "include_final_job")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_FINAL_JOB_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     after_sequence: int
-    def __init__(self, job_id: _Optional[str] = ..., after_sequence: _Optional[int] = ...) -> None: ...
+    include_final_job: bool
+    def __init__(self, job_id: _Optional[str] = ..., after_sequence: _Optional[int] = ..., include_final_job: _Optional[bool] = ...) -> None: ...
 
 class StreamResultsResponse(_message.Message):
-    __slots__ = ("event",)
+    __slots__ = ("event", "final_job")
     EVENT_FIELD_NUMBER: _ClassVar[int]
+    FINAL_JOB_FIELD_NUMBER: _ClassVar[int]
     event: _job_pb2.JobEvent
-    def __init__(self, event: _Optional[_Union[_job_pb2.JobEvent, _Mapping]] = ...) -> None: ...
+    final_job: _job_pb2.Job
+    def __init__(self, event: _Optional[_Union[_job_pb2.JobEvent, _Mapping]] = ..., final_job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
     __slots__ = ("page_size", "page_token", "states", "pipeline", "tenant")

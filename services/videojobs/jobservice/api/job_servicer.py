@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -93,10 +94,15 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
             raise errors.invalid_argument(
                 "after_sequence must not be negative", [("after_sequence", "must be 0 or more")]
             )
-        async for event in self._feed.follow(
-            request.job_id, request.after_sequence, current_principal()
-        ):
-            yield job_service_pb2.StreamResultsResponse(event=convert.event(event))
+        principal = current_principal()
+        async for event in self._feed.follow(request.job_id, request.after_sequence, principal):
+            response = job_service_pb2.StreamResultsResponse(event=convert.event(event))
+            if request.include_final_job and event.kind.is_terminal:
+                # Deleted meanwhile, or unreadable now: the client asks GetStatus.
+                with contextlib.suppress(errors.ServiceError):
+                    final = await self._queries.get(request.job_id, principal)
+                    response.final_job.CopyFrom(convert.job(final))
+            yield response
 
     @maps_service_errors
     async def ListJobs(self, request, context) -> job_service_pb2.ListJobsResponse:
