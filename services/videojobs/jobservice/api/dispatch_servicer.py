@@ -1,7 +1,9 @@
 """DispatchService servicer: one bidirectional stream per worker.
 
-A reader task applies the worker's messages in order; the handler itself
-yields what the coordinator queues for the worker (assignments, stop orders).
+A receiver task reads the worker's messages into a bounded ReportInbox; a
+reader task applies them in order, every run of messages that arrived
+together in one transaction. The handler itself yields what the coordinator
+queues for the worker (assignments, stop orders).
 Every storage key a worker sends goes through StorageKey; a malformed message
 ends the stream with INVALID_ARGUMENT naming the field.
 """

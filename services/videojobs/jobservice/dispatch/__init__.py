@@ -4,7 +4,9 @@
 - `dispatcher`: hands queued jobs to sessions with free slots;
 - `reaper`: lease expiry, execution and queue timeouts;
 - `outputs`: checks what completions claim is stored;
-- `coordinator`: the application service behind DispatchService.Connect.
+- `worker_reports`: what a worker says on its stream, once checked;
+- `coordinator`: the application service behind DispatchService.Connect
+  (it applies a run of one worker's reports in one transaction).
 
 Every job transition they make goes through `jobservice.lifecycle`; everything
 about jobs lives in the database, so any replica (or a restarted one) carries

@@ -2,8 +2,9 @@
 
 It opens and closes worker sessions, turns workers' reports into lifecycle
 transitions (after checking each claim: the lease is current, keys lie under
-the attempt's prefix, outputs exist, limits hold), and reacts to notices from
-every replica: work to hand out, leases to stop, sessions replaced.
+the attempt's prefix, outputs exist, limits hold; the reports that arrived
+together go in one transaction, see `apply_reports`), and reacts to notices
+from every replica: work to hand out, leases to stop, sessions replaced.
 
 Fencing: every report quotes the lease token; a report whose token is not the
 job's current lease is refused, and the worker is told to stop that job.
