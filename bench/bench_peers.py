@@ -27,7 +27,8 @@ Systems (`--systems`, default all):
   videojobs-sqlite   videojobs on SQLite, 1 worker of concurrency 2
                      (and `--vj-workers 1,2,4` worker processes, each of
                      concurrency `--vj-concurrency`)
-  videojobs-postgres videojobs on a throwaway PostgreSQL database, 1 worker
+  videojobs-postgres videojobs on a throwaway PostgreSQL database, with the
+                     same `--vj-workers` worker processes
 
 Peers live in their own virtualenvs under bench/.venvs/ (made on first run
 from the pinned bench/peers/requirements-*.txt, reused afterwards); a .pth
@@ -932,7 +933,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="comma-separated subset (default: all)",
     )
     parser.add_argument(
-        "--vj-workers", default="1,2,4", help="videojobs-sqlite worker processes (default 1,2,4)"
+        "--vj-workers", default="1,2,4", help="videojobs worker processes (default 1,2,4)"
     )
     parser.add_argument("--vj-concurrency", type=int, default=2, help="per worker (default 2)")
     parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", DEFAULT_REDIS_URL))
@@ -1029,10 +1030,18 @@ def main(argv: list[str] | None = None) -> int:
                     outcomes.append(outcome)
                 continue
             elif system == "videojobs-postgres":
-                outcome = videojobs_outcome(1, args.vj_concurrency, postgres=True)
-                plan.append(
-                    (outcome, lambda o: run_videojobs_postgres(o, settings, procs, args, doc))
-                )
+                for workers in vj_workers:
+                    outcome = videojobs_outcome(workers, args.vj_concurrency, postgres=True)
+                    plan.append(
+                        (
+                            outcome,
+                            lambda o, w=workers: run_videojobs_postgres(
+                                o, settings, procs, args, doc, w
+                            ),
+                        )
+                    )
+                    outcomes.append(outcome)
+                continue
             else:
                 outcome = Outcome(system, system, "", "skipped", "unknown system name")
             outcomes.append(outcome)
@@ -1077,9 +1086,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_videojobs_postgres(
-    outcome: Outcome, settings: Settings, procs: Processes, args, doc: dict
+    outcome: Outcome, settings: Settings, procs: Processes, args, doc: dict, workers: int
 ) -> None:
-    """One run of videojobs on a scratch PostgreSQL database (dropped after)."""
+    """One run of videojobs with `workers` worker processes on a scratch
+    PostgreSQL database (dropped after)."""
     try:
         database = ScratchDatabase(args.postgres_url)
     except Exception as exc:  # noqa: BLE001 - reported as skipped
@@ -1087,7 +1097,7 @@ def run_videojobs_postgres(
         return
     doc["postgres_version"] = database.version
     try:
-        run_videojobs(outcome, settings, procs, 1, database.url)
+        run_videojobs(outcome, settings, procs, workers, database.url)
     finally:
         database.drop()
 
