@@ -292,6 +292,13 @@ async def test_revoking_a_token_ends_the_streams_open_with_it(secured, sample_mp
         assert assignment.job_id == leased.job_id
         for started in (following, admin_following, writing, uploading):
             await asyncio.wait_for(started.wait(), 10)
+        # Five open streams, one watcher of their credentials.
+        watchers = [
+            task
+            for task in asyncio.all_tasks()
+            if getattr(task.get_coro(), "__qualname__", "") == "_RevocationWatcher._run"
+        ]
+        assert len(watchers) == 1
 
         revoked_at = time.monotonic()
         s.auth.revoke("acme-app", "w1")

@@ -330,6 +330,10 @@ class AuthRegistry:
         once its token or subject was revoked or rotated away, even when a
         principal of the same name, role and tenant came back with another."""
         self.refresh()
+        return self.admits(credential, principal)
+
+    def admits(self, credential: Credential, principal: Principal) -> bool:
+        """`still_admits` as of the last reading of the file (no file access)."""
         if credential.token_sha256:
             return self._by_token.get(credential.token_sha256) == principal
         if credential.subject:

@@ -16,6 +16,7 @@ second, however long it would otherwise have lasted.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 from collections.abc import Mapping
@@ -89,6 +90,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, registry: AuthRegistry | None, policy: Policy) -> None:
         self._registry = registry
         self._policy = dict(policy)
+        self._watcher = _RevocationWatcher(registry) if registry is not None else None
         # method -> (the handler it wrapped, the wrapper): built once per
         # method, not per call (the check itself runs on every call).
         self._wrapped: dict[str, tuple[object, object]] = {}
@@ -142,10 +144,6 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 metadata={"role": principal.role.value, "method": method},
             )
         return principal, credential
-
-    def still_live(self, principal: Principal, credential: Credential) -> bool:
-        """Whether a streaming call admitted with `credential` may go on."""
-        return self._registry is None or self._registry.still_admits(credential, principal)
 
 
 def _wrap(handler, admit, interceptor: AuthInterceptor):
@@ -203,38 +201,76 @@ def _wrap(handler, admit, interceptor: AuthInterceptor):
 
 class _RevocationWatch:
     """Cancels the current task when the credential it was admitted with no
-    longer identifies its principal."""
+    longer identifies its principal (checked by the interceptor's one
+    `_RevocationWatcher`, with every other open call)."""
 
     def __init__(
         self, interceptor: AuthInterceptor, principal: Principal, credential: Credential
     ) -> None:
-        self._interceptor = interceptor
-        self._principal = principal
-        self._credential = credential
-        self._task: asyncio.Task | None = None
+        self._watcher = interceptor._watcher
+        self.principal = principal
+        self.credential = credential
+        self.call: asyncio.Task | None = None
         self.revoked = False
 
     def __enter__(self) -> _RevocationWatch:
-        if self._interceptor._registry is not None:
-            self._task = asyncio.create_task(self._watch(asyncio.current_task()))
+        if self._watcher is not None:
+            self.call = asyncio.current_task()
+            self._watcher.add(self)
         return self
 
     def __exit__(self, *exc_info) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        if self._watcher is not None:
+            self._watcher.discard(self)
 
-    async def _watch(self, call: asyncio.Task) -> None:
-        while True:
-            await asyncio.sleep(REVOCATION_CHECK_SECONDS)
-            live = await asyncio.to_thread(
-                self._interceptor.still_live, self._principal, self._credential
-            )
-            if not live:
-                log.info("credentials of %s were revoked: ending its call", self._principal.name)
-                self.revoked = True
-                call.cancel()
-                return
+    def end(self) -> None:
+        """The credential is gone: ends the call."""
+        log.info("credentials of %s were revoked: ending its call", self.principal.name)
+        self.revoked = True
+        if self.call is not None:
+            self.call.cancel()
 
     def error(self) -> ServiceError:
         """What the call ends with."""
         return unauthenticated("the credentials of this call were revoked", "TOKEN_REVOKED")
+
+
+class _RevocationWatcher:
+    """Checks every open streaming call's credential each
+    REVOCATION_CHECK_SECONDS, all at once: one task and one thread hand-off
+    (the auth file's re-read) per interval however many calls are open, and
+    none while no call is."""
+
+    def __init__(self, registry: AuthRegistry) -> None:
+        self._registry = registry
+        self._watches: set[_RevocationWatch] = set()
+        self._task: asyncio.Task | None = None
+
+    def add(self, watch: _RevocationWatch) -> None:
+        """Watches `watch`'s call until `discard`."""
+        self._watches.add(watch)
+        if self._task is None or self._task.done():
+            # A context of its own: not the log fields of the call that started it.
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), context=contextvars.Context()
+            )
+
+    def discard(self, watch: _RevocationWatch) -> None:
+        """Stops watching `watch`'s call (it ended); the last one stops the task."""
+        self._watches.discard(watch)
+        if not self._watches and self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def _run(self) -> None:
+        while self._watches:
+            await asyncio.sleep(REVOCATION_CHECK_SECONDS)
+            try:
+                await asyncio.to_thread(self._registry.refresh)
+            except Exception:  # noqa: BLE001 - the next round tries again
+                log.warning("could not re-read the auth file", exc_info=True)
+                continue
+            for watch in list(self._watches):
+                if not self._registry.admits(watch.credential, watch.principal):
+                    self._watches.discard(watch)  # its __exit__ finds it gone
+                    watch.end()
