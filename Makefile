@@ -73,6 +73,7 @@ bench: $(INSTALLED) ## Run the benchmarks.
 	$(PY) bench/bench_pipelines.py
 	$(PY) bench/bench_replicas.py
 	$(PY) bench/bench_latency.py
+	$(PY) bench/bench_calls.py
 	$(PY) bench/bench_upload.py
 	$(PY) bench/bench_submit_growth.py
 	$(PY) bench/bench_peers.py $(BENCH_PEERS_ARGS)
