@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import io
+import struct
 
 import grpc
 import pytest
@@ -97,6 +99,94 @@ async def test_a_staged_upload_resumes_and_becomes_a_job(job_service, blobs, sam
     # A retried submit whose answer was lost gets the same job.
     repeat = (await job_service.stub.SubmitVideo(stream())).job
     assert repeat.job_id == job.job_id
+
+
+def _with_free_box(video: bytes, padding: int) -> bytes:
+    """A playable MP4 followed by a `free` box of `padding` zero bytes."""
+    return video + struct.pack(">I4s", 8 + padding, b"free") + bytes(padding)
+
+
+class _CountedReads:
+    """Counts the bytes read through a blob store's open_read."""
+
+    def __init__(self, store) -> None:
+        self.bytes_read = 0
+        self._open_read = store.open_read
+
+    def open_read(self, key):
+        source = self._open_read(key)
+        counter = self
+
+        class Counted(io.RawIOBase):
+            def readable(self):
+                return True
+
+            def seekable(self):
+                return True
+
+            def readinto(self, buffer):
+                data = source.read(len(buffer))
+                buffer[: len(data)] = data
+                counter.bytes_read += len(data)
+                return len(data)
+
+            def seek(self, offset, whence=0):
+                return source.seek(offset, whence)
+
+            def tell(self):
+                return source.tell()
+
+            def close(self):
+                source.close()
+                super().close()
+
+        return Counted()
+
+
+async def test_a_staged_upload_is_hashed_as_it_is_written(
+    start_job_service, blobs, job_service, sample_mp4, monkeypatch
+):
+    """Written head first, then the rest (as the clients write), a staged
+    upload's SHA-256 is kept from the write, and submit reads only its head;
+    one resumed where its running hash is unknown is hashed at submit."""
+    upload = _with_free_box(sample_mp4, 4 * WRITE_BATCH_BYTES)
+    sha = hashlib.sha256(upload).hexdigest()
+    key = "uploads/" + "h" * 32
+    await _write(blobs, key, upload[:8192], finish=False)
+    await _write(blobs, key, upload[8192:], offset=8192)
+    async with job_service.app.database.reading() as repository:
+        record = await repository.staged_upload(key)
+    assert (record.size_bytes, record.sha256) == (len(upload), sha)
+
+    reads = _CountedReads(job_service.app.blob_store)
+    monkeypatch.setattr(job_service.app.blob_store, "open_read", reads.open_read)
+
+    async def submit_of(upload_key: str, request_id: str):
+        yield header(upload_key=upload_key, expected_sha256=sha, request_id=request_id)
+
+    job = (await job_service.stub.SubmitVideo(submit_of(key, "hashed-on-write"))).job
+    assert job.input_sha256 == sha and job.input_size_bytes == len(upload)
+    assert 0 < reads.bytes_read < len(upload) // 4
+
+    # Broken off, then resumed after a restart, which lost its running
+    # hash: the digest is not recorded, and submit reads the upload whole.
+    other_key = "uploads/" + "i" * 32
+    await _write(blobs, other_key, upload[:100_000], finish=False)
+    await job_service.app.stop()
+    restarted = await start_job_service(data_dir=job_service.data_dir)
+    channel = grpc.aio.insecure_channel(restarted.address)
+    try:
+        restarted_blobs = blob_service_pb2_grpc.BlobServiceStub(channel)
+        await _write(restarted_blobs, other_key, upload[100_000:], offset=100_000)
+        async with restarted.app.database.reading() as repository:
+            assert (await repository.staged_upload(other_key)).sha256 is None
+        reads = _CountedReads(restarted.app.blob_store)
+        monkeypatch.setattr(restarted.app.blob_store, "open_read", reads.open_read)
+        job = (await restarted.stub.SubmitVideo(submit_of(other_key, "hashed-at-submit"))).job
+        assert job.input_sha256 == sha
+        assert reads.bytes_read >= len(upload)
+    finally:
+        await channel.close()
 
 
 async def test_staged_uploads_are_checked_as_they_arrive(job_service, blobs, sample_mp4):

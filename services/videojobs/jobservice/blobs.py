@@ -19,10 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
@@ -132,6 +136,7 @@ class BlobAccess:
         self._admission = admission
         self._budget = budget
         self._writing: set[str] = set()
+        self._staged_digests = _StagedDigests()
 
     # -- who may touch what ----------------------------------------------------
 
@@ -353,20 +358,17 @@ class BlobAccess:
                 f"the upload {key.value!r} is already complete", "UPLOAD_COMPLETE"
             )
         writer: ResumableWriter = await asyncio.to_thread(self._store.open_resumable, key)
-        # Chunks are gathered up to WRITE_BATCH_BYTES and handed to a thread
-        # together (one hand-off per batch, not per chunk); what is gathered
-        # is not committed, so a broken stream resumes from before it.
-        gathered = bytearray()
-
-        async def hand_over(finish: bool = False) -> None:
-            data = bytes(gathered)
-            gathered.clear()
-            await asyncio.to_thread(_write_batch, writer, data, finish)
-            if data:
-                UPLOAD_BYTES.inc(len(data))
-                if reservation is not None:
-                    await reservation.wrote(writer.size_bytes)
-
+        # A staged upload is hashed on the way (in the writer thread), so
+        # SubmitVideo need not read it again. A later stream of it goes on
+        # with the hash of the streams before it when this process kept one
+        # that covers exactly what is committed; otherwise submit hashes it.
+        digest = self._staged_digests.resume(key, writer.committed_size) if staged else None
+        batches = _BatchWriter(writer, digest, reservation)
+        # Chunks are gathered up to WRITE_BATCH_BYTES and handed to the
+        # writer together (one thread hand-off per batch, not per chunk), as
+        # they came, never copied into one buffer; what is gathered is not
+        # committed, so a broken stream resumes from before it.
+        gathered = _Gathered()
         finished = False
         try:
             # A staged upload's first bytes are held back until they are
@@ -374,7 +376,6 @@ class BlobAccess:
             # than the head: `pending` is never split across streams.
             pending = b""
             checked = not staged or writer.committed_size > 0
-            last_checkpoint = writer.committed_size
             message = first
             while message is not None:
                 if finished:
@@ -385,7 +386,7 @@ class BlobAccess:
                     raise errors.invalid_argument(
                         "a write stream names one key", [("key", "differs from the first message")]
                     )
-                stands_at = writer.size_bytes + len(gathered) + len(pending)
+                stands_at = batches.handed_bytes + gathered.size + len(pending)
                 if message.offset != stands_at:
                     raise errors.invalid_argument(
                         "write_offset is not where the write stands",
@@ -411,41 +412,173 @@ class BlobAccess:
                     _check_head(pending[:SNIFF_BYTES])
                     checked = True
                     data, pending = pending, b""
-                gathered += data
+                gathered.add(data)
                 if message.finish:
-                    await hand_over(finish=True)
+                    await batches.hand_over(gathered, finish=True)
+                    await batches.drain()
                     finished = True
-                elif len(gathered) >= WRITE_BATCH_BYTES:
-                    await hand_over()
-                if writer.size_bytes - last_checkpoint >= CHECKPOINT_EVERY_BYTES:
-                    last_checkpoint = await asyncio.to_thread(writer.checkpoint)
+                elif gathered.size >= WRITE_BATCH_BYTES:
+                    await batches.hand_over(gathered)
                 message = await anext(messages, None)
-            if gathered:
-                await hand_over()  # the stream ended without finishing: keep what came
+            if gathered.size:
+                await batches.hand_over(gathered)  # ended without finishing: keep what came
+            await batches.drain()
         except errors.ServiceError as exc:
+            await batches.settle()
             if exc.reason in ("NOT_A_VIDEO", "UNSUPPORTED_CONTAINER", "UPLOAD_TOO_LARGE"):
                 # A refused upload keeps nothing, committed bytes included.
-                await asyncio.to_thread(writer.abort)
+                await asyncio.to_thread(batches.abort)
             else:
-                await asyncio.to_thread(writer.close)
+                await asyncio.to_thread(batches.close)
             raise
         except BaseException:
             if not finished:
-                await asyncio.shield(asyncio.to_thread(writer.close))
+                await asyncio.shield(_settle_and_close(batches))
             raise
         if finished:
             size = writer.size_bytes
+            if digest is not None:
+                await self._record_staged_digest(key, size, digest.hexdigest())
             log.info("blob %s written (%d bytes)", key.value, size)
             return WriteStatus(size, True)
-        committed = await asyncio.to_thread(writer.close)
+        committed = await asyncio.to_thread(batches.close)
+        if digest is not None and committed == batches.handed_bytes:
+            self._staged_digests.keep(key, committed, digest)
         return WriteStatus(committed, False)
 
+    async def _record_staged_digest(self, key: StorageKey, size: int, sha256: str) -> None:
+        """Keeps the SHA-256 of a staged upload hashed while it was written,
+        for SubmitVideo; losing it only costs that submit a read."""
+        try:
+            async with self._database.transaction() as repository:
+                await repository.record_staged_upload_digest(key.value, size, sha256)
+        except Exception:  # noqa: BLE001 - the upload itself is complete and durable
+            log.warning("could not record the digest of %s; submit will hash it", key.value)
 
-def _write_batch(writer: ResumableWriter, data: bytes, finish: bool) -> None:
-    if data:
-        writer.write(data)
-    if finish:
-        writer.finish()
+
+class _Gathered:
+    """Received chunks waiting to be written, kept as they came."""
+
+    def __init__(self) -> None:
+        self._pieces: list[bytes] = []
+        self.size = 0
+
+    def add(self, data: bytes) -> None:
+        if data:
+            self._pieces.append(data)
+            self.size += len(data)
+
+    def take(self) -> tuple[list[bytes], int]:
+        """The chunks and their size; empties the gathering."""
+        pieces, size = self._pieces, self.size
+        self._pieces, self.size = [], 0
+        return pieces, size
+
+
+class _StagedDigests:
+    """The running SHA-256 of staged uploads whose stream ended before they
+    were finished, so the next stream (a client sends the head first, then
+    the rest) can go on hashing. Kept in memory for the most recent ones
+    only: a resume elsewhere, or of one forgotten here, is hashed at submit."""
+
+    MAX_KEPT = 256
+
+    def __init__(self) -> None:
+        self._kept: OrderedDict[str, tuple[int, Any]] = OrderedDict()
+
+    def resume(self, key: StorageKey, committed_size: int):
+        """A hash covering exactly the `committed_size` first bytes of `key`
+        (a new one for an empty upload), or None when none is known."""
+        if committed_size == 0:
+            self._kept.pop(key.value, None)
+            return hashlib.sha256()
+        kept = self._kept.pop(key.value, None)
+        if kept is None or kept[0] != committed_size:
+            return None
+        return kept[1]
+
+    def keep(self, key: StorageKey, size: int, digest) -> None:
+        """Keeps the hash of the `size` first bytes of `key`."""
+        self._kept[key.value] = (size, digest)
+        while len(self._kept) > self.MAX_KEPT:
+            self._kept.popitem(last=False)
+
+
+class _BatchWriter:
+    """Writes a stream's batches in a worker thread while the stream goes on
+    receiving: one batch is being written while the next is gathered, so at
+    most two batches are in memory. Every call on the store's writer runs in
+    a thread under one lock, in the order the batches were handed over."""
+
+    def __init__(self, writer: ResumableWriter, digest, reservation) -> None:
+        self._writer = writer
+        self._digest = digest
+        self._reservation = reservation
+        self._lock = threading.Lock()
+        self._in_flight: asyncio.Future | None = None
+        self._in_flight_bytes = 0
+        # Bytes of the object handed to the writer: what earlier streams
+        # committed plus every batch of this one.
+        self.handed_bytes = writer.committed_size
+        self._last_checkpoint = writer.committed_size
+
+    async def hand_over(self, gathered: _Gathered, finish: bool = False) -> None:
+        """Starts writing what was gathered (and clears it) once the batch
+        before it is written; `finish` publishes the object after it."""
+        await self.drain()
+        pieces, size = gathered.take()
+        self.handed_bytes += size
+        checkpoint = self.handed_bytes - self._last_checkpoint >= CHECKPOINT_EVERY_BYTES
+        if checkpoint:
+            self._last_checkpoint = self.handed_bytes
+        self._in_flight_bytes = size
+        self._in_flight = asyncio.ensure_future(
+            asyncio.to_thread(self._write, pieces, checkpoint, finish)
+        )
+
+    async def drain(self) -> None:
+        """Waits for the batch being written; raises what writing it raised."""
+        if self._in_flight is None:
+            return
+        in_flight, self._in_flight = self._in_flight, None
+        await in_flight
+        if self._in_flight_bytes:
+            UPLOAD_BYTES.inc(self._in_flight_bytes)
+            if self._reservation is not None:
+                await self._reservation.wrote(self.handed_bytes)
+
+    async def settle(self) -> None:
+        """Waits for the batch being written, whatever its outcome."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            with contextlib.suppress(BaseException):
+                await in_flight
+
+    def _write(self, pieces: list[bytes], checkpoint: bool, finish: bool) -> None:
+        with self._lock:
+            for data in pieces:
+                self._writer.write(data)
+                if self._digest is not None:
+                    self._digest.update(data)  # releases the GIL for large data
+            if finish:
+                self._writer.finish()
+            elif checkpoint:
+                self._writer.checkpoint()
+
+    def close(self) -> int:
+        """(In a thread.) Ends the stream keeping what was written."""
+        with self._lock:
+            return self._writer.close()
+
+    def abort(self) -> None:
+        """(In a thread.) Drops the write."""
+        with self._lock:
+            self._writer.abort()
+
+
+async def _settle_and_close(batches: _BatchWriter) -> None:
+    await batches.settle()
+    await asyncio.to_thread(batches.close)
 
 
 def _check_head(head: bytes) -> None:

@@ -442,7 +442,8 @@ class SubmitService:
                 [("chunk", "the bytes are those of the staged upload")],
             )
         async with self._database.reading() as repository:
-            owner = await repository.staged_upload_owner(staged.value)
+            record = await repository.staged_upload(staged.value)
+        owner = None if record is None else record.tenant
         if owner is not None and owner != tenant:
             raise _upload_not_found(staged)
         if await asyncio.to_thread(self._blob_store.resumable_status, staged) is not None:
@@ -466,7 +467,12 @@ class SubmitService:
             raise errors.invalid_argument(
                 "the upload holds no bytes", [("header.upload_key", "the upload holds no bytes")]
             )
-        container, sha256 = await asyncio.to_thread(self._identify_stored, staged)
+        if record.sha256 is not None and record.size_bytes == info.size_bytes:
+            # Hashed while BlobService wrote it whole: only its head is read.
+            container = await asyncio.to_thread(self._identify_head, staged)
+            sha256 = record.sha256
+        else:
+            container, sha256 = await asyncio.to_thread(self._identify_stored, staged)
         self._check_received(header, info.size_bytes, sha256)
         # Run to completion: once the staged object is being moved into place,
         # a client that hangs up must not leave it half-published; the job is
@@ -491,6 +497,11 @@ class SubmitService:
         async with self._database.transaction() as repository:
             await repository.forget_staged_upload(staged.value)
         return job
+
+    def _identify_head(self, key: StorageKey) -> ContainerFormat:
+        """The container of a stored object, from its first bytes."""
+        with self._blob_store.open_read(key) as source:
+            return _identify(source.read(SNIFF_BYTES))
 
     def _identify_stored(self, key: StorageKey) -> tuple[ContainerFormat, str]:
         """The container and SHA-256 of a stored object, read once, a chunk at a time."""

@@ -210,13 +210,17 @@ class ServerSecretRow(Base):
 
 class StagedUploadRow(Base):
     """Who owns a staged upload (`uploads/{id}`): only its tenant may write,
-    query, read or submit it."""
+    query, read or submit it. Once one stream wrote it whole from its first
+    byte, also its size and SHA-256, hashed on the way (0011), so SubmitVideo
+    need not read it again; both stay null for an upload resumed after a break."""
 
     __tablename__ = "staged_uploads"
 
     key: Mapped[str] = mapped_column(String(128), primary_key=True)
     tenant: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class WorkerSessionRow(Base):

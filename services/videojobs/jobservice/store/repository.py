@@ -168,8 +168,20 @@ class JobRepository:
 
     async def staged_upload_owner(self, key: str) -> str | None:
         """The tenant that owns a staged upload, or None when nobody does yet."""
-        row = await self.session.get(StagedUploadRow, key)
+        row = await self.staged_upload(key)
         return None if row is None else row.tenant
+
+    async def staged_upload(self, key: str) -> StagedUploadRow | None:
+        """A staged upload's record (owner, and digest once written whole)."""
+        return await self.session.get(StagedUploadRow, key)
+
+    async def record_staged_upload_digest(self, key: str, size_bytes: int, sha256: str) -> None:
+        """Keeps the size and SHA-256 of a staged upload written whole."""
+        await self.session.execute(
+            update(StagedUploadRow)
+            .where(StagedUploadRow.key == key)
+            .values(size_bytes=size_bytes, sha256=sha256)
+        )
 
     async def claim_staged_upload(self, key: str, tenant: str) -> None:
         """Records `tenant` as the owner of a new staged upload."""
