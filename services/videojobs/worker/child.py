@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -35,7 +36,7 @@ from typing import Any, TextIO
 import cv2
 
 from videojobs.common.security import ClientSecurity
-from videojobs.pipelines import PipelineFailure, builtin_catalogue
+from videojobs.pipelines import PipelineCatalogue, PipelineFailure, builtin_catalogue
 from videojobs.pipelines.media import identify_container
 from videojobs.pipelines.plan import split_key
 from videojobs.pipelines.runner import run_job
@@ -284,7 +285,7 @@ def run(task: ChildTask, reporter: LineReporter, prepared: PreparedTask | None =
     output_prefix = StorageKey(task.output_prefix)
     input_format = prepared.input_format
     output = run_job(
-        builtin_catalogue(),
+        pipeline_catalogue(),
         split_key(task.pipeline),
         task.parameters,
         store,
@@ -395,9 +396,19 @@ def _die_with_parent() -> None:
             os._exit(3)  # the worker died before the call above
 
 
+@functools.cache
+def pipeline_catalogue() -> PipelineCatalogue:
+    """This process's pipelines, found once. Finding them reads the metadata
+    of every installed distribution (entry points), which cost a warm child
+    about a third of a tiny job's time when it was done per job. A plug-in
+    installed later is seen by the next child the pool starts (the worker
+    announces its pipelines once, at start, anyway)."""
+    return builtin_catalogue()
+
+
 def warm_up() -> None:
     """Imports every installed pipeline's code now, so no job pays for it."""
-    catalogue = builtin_catalogue()
+    catalogue = pipeline_catalogue()
     for name in catalogue.names:
         try:
             catalogue.get(name)
