@@ -4,15 +4,12 @@ resumable writes, and staged uploads turned into jobs."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import io
 import struct
 
 import grpc
 import pytest
-from sqlalchemy import event
-from sqlalchemy.engine import Engine
 
 from videojobs.jobservice.limits import WRITE_BATCH_BYTES
 from videojobs.storage import StorageKey
@@ -22,6 +19,7 @@ from videojobs.v1 import job_service_pb2 as js
 
 from support.grpc_status import rich_error
 from support.scripted_worker import ScriptedWorker
+from support.sql import statements_containing
 from support.uploads import header, submit
 
 LEASE = "videojobs-lease-token"
@@ -274,22 +272,6 @@ async def test_reads_follow_the_jobs_they_belong_to(job_service, blobs, sample_m
         assert (await _error(_read(blobs, key))).code == grpc.StatusCode.NOT_FOUND
 
 
-@contextlib.contextmanager
-def job_row_reads():
-    """Counts the statements that read the jobs table, on every engine."""
-    statements: list[str] = []
-
-    def before(connection, cursor, statement, parameters, context, executemany) -> None:
-        if "FROM jobs" in statement:
-            statements.append(statement)
-
-    event.listen(Engine, "before_cursor_execute", before)
-    try:
-        yield statements
-    finally:
-        event.remove(Engine, "before_cursor_execute", before)
-
-
 async def test_a_lease_held_here_needs_no_database_read_until_it_ends(
     job_service, blobs, sample_mp4
 ):
@@ -298,7 +280,7 @@ async def test_a_lease_held_here_needs_no_database_read_until_it_ends(
     async with ScriptedWorker(job_service.address, store=job_service.storage) as worker:
         assignment = await worker.next("assignment")
         lease = assignment.lease_token
-        with job_row_reads() as reads:
+        with statements_containing("FROM jobs") as reads:
             assert await _read(blobs, job.input_key, lease=lease) == sample_mp4
             assert (await _write(blobs, output, b"{}", lease=lease)).complete
         assert reads == []
@@ -311,7 +293,7 @@ async def test_a_lease_held_here_needs_no_database_read_until_it_ends(
         stop = await worker.next("stop_job")
         assert stop.job_id == job.job_id
         # The ended lease is forgotten here: the database decides, and refuses.
-        with job_row_reads() as reads:
+        with statements_containing("FROM jobs") as reads:
             denied = await _error(_write(blobs, output, b"{}", lease=lease))
             assert denied.code == grpc.StatusCode.PERMISSION_DENIED
             missing = await _error(_read(blobs, job.input_key + "x", lease=lease))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 
 import grpc
 import pytest
@@ -49,6 +50,30 @@ async def test_sync_client_submit_status_list_cancel(job_service, video_file, sa
     sent = [s for s, _ in progress]
     assert sent == sorted(sent) and sent[-1] == len(sample_mp4)
     assert {t for _, t in progress} == {len(sample_mp4)}
+
+
+async def test_a_file_changed_during_a_staged_upload_creates_no_job(
+    job_service, video_file, sample_mp4
+):
+    """A file larger than a chunk is hashed as it is sent; one that changed
+    meanwhile (here: same size, other bytes) is refused before SubmitVideo."""
+    changed: list[int] = []
+
+    def change_it_once(sent: int, total: int) -> None:
+        if sent >= 8192 and not changed:
+            changed.append(sent)
+            video_file.write_bytes(bytes(reversed(sample_mp4)))
+            later = video_file.stat().st_mtime_ns + 10**9
+            os.utime(video_file, ns=(later, later))
+
+    def scenario():
+        with JobClient(job_service.address) as client:
+            with pytest.raises(OSError, match="changed while it was uploaded"):
+                client.submit(video_file, chunk_size=4096, on_upload_progress=change_it_once)
+            return client.list_jobs(page_size=10)
+
+    jobs, _ = await asyncio.to_thread(scenario)
+    assert changed and jobs == []
 
 
 async def test_async_client_errors_carry_details(job_service, tmp_path):

@@ -12,6 +12,7 @@ from videojobs.v1 import job_service_pb2 as js
 
 from support.grpc_status import rich_error
 from support.scripted_worker import ScriptedWorker
+from support.sql import statements_containing
 from support.uploads import submit
 from support.waiting import eventually
 
@@ -31,6 +32,29 @@ async def test_oldest_first_and_never_over_capacity(job_service, sample_mp4):
         worker.complete(first)
         third = await worker.next("assignment")
         assert third.job_id == jobs[2].job_id
+
+
+async def test_a_slot_freed_with_nothing_queued_costs_no_claim(job_service, sample_mp4):
+    """Once a claim found nothing else waiting, a job ending frees a slot
+    without a claim transaction to find nothing; the next job queued is
+    claimed at once."""
+    async with ScriptedWorker(job_service.address, store=job_service.storage, capacity=1) as worker:
+        first_job = await submit(job_service.stub, sample_mp4)
+        first = await worker.next("assignment")
+        assert first.job_id == first_job.job_id
+        # The claim: the dispatcher's query for the next job to hand out.
+        with statements_containing("ORDER BY jobs.dispatch_rank") as claims:
+            worker.complete(first)
+
+            async def succeeded():
+                job = await _job(job_service, first_job.job_id)
+                return job.state == job_pb2.JOB_STATE_SUCCEEDED
+
+            await eventually(succeeded, what="the first job to succeed")
+            second_job = await submit(job_service.stub, sample_mp4)
+            second = await worker.next("assignment")
+        assert second.job_id == second_job.job_id
+        assert len(claims) == 1
 
 
 async def test_a_job_waits_for_a_worker_that_runs_its_pipeline(job_service, sample_mp4):

@@ -5,8 +5,10 @@ policy's delays."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import time
 from pathlib import Path, PurePosixPath
 
 import grpc
@@ -294,6 +296,67 @@ def test_a_file_that_shrinks_while_uploading_is_a_read_error(upload: UploadFile)
     with pytest.raises(OSError):
         list(session.requests())
     assert session.read_error is not None
+
+
+class CountedFile:
+    """Counts the bytes read from one file through ResumableUpload."""
+
+    def __init__(self, monkeypatch, session: ResumableUpload) -> None:
+        self.bytes_read = 0
+        opened = session._open
+
+        def counting_open():
+            file = opened()
+            read = file.read
+
+            def counted_read(size=-1):
+                data = read(size)
+                self.bytes_read += len(data)
+                return data
+
+            file.read = counted_read
+            return file
+
+        monkeypatch.setattr(session, "_open", counting_open)
+
+
+def test_the_upload_is_hashed_as_it_is_read_to_be_sent(tmp_path: Path, monkeypatch) -> None:
+    """Each byte is hashed once, in order, from the reads that send it,
+    across a broken stream and its resumption; where the streams skipped
+    bytes, the hash goes on by reading the file from the first of them."""
+    path = tmp_path / "clip.mp4"
+    data = os.urandom(10_000)
+    path.write_bytes(data)
+    measured = UploadFile.measure(path)
+    assert (measured.size, measured.sha256) == (10_000, "")
+    session = ResumableUpload(measured, "uploads/" + "e" * 32, chunk_size=3000)
+    reads = CountedFile(monkeypatch, session)
+    list(session.requests())
+    session.record_status(4500, False)  # the server kept less than was sent
+    list(session.requests())
+    assert session.verified_sha256() == hashlib.sha256(data).hexdigest()
+    assert reads.bytes_read == 10_000 + (10_000 - 4500)
+
+    # The server says it holds bytes this session never read: the hash
+    # reads the file again from there.
+    skipping = ResumableUpload(measured, "uploads/" + "f" * 32, chunk_size=3000)
+    reads = CountedFile(monkeypatch, skipping)
+    skipping.record_status(6000, False)
+    list(skipping.requests())
+    assert skipping.verified_sha256() == hashlib.sha256(data).hexdigest()
+    assert reads.bytes_read == 4000 + 10_000
+
+
+def test_a_file_changed_while_it_was_uploaded_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(os.urandom(10_000))
+    session = ResumableUpload(UploadFile.measure(path), "uploads/" + "g" * 32, chunk_size=3000)
+    list(session.requests())
+    # Same size, other bytes, a later modification time.
+    path.write_bytes(os.urandom(10_000))
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    with pytest.raises(OSError, match="changed while it was uploaded"):
+        session.verified_sha256()
 
 
 # -- retry policy -------------------------------------------------------------------

@@ -174,7 +174,10 @@ class AsyncJobClient:
             VideoJobsError: the server refused the upload, or retries ran out.
         """
         check_chunk_size(chunk_size)
-        upload = await asyncio.to_thread(UploadFile.describe, path)
+        # A file of more than one chunk is hashed as it is sent, not before.
+        upload = await asyncio.to_thread(UploadFile.measure, path)
+        if upload.size <= chunk_size:
+            upload = await asyncio.to_thread(UploadFile.describe, path)
         request_id = request_id or new_request_id()
         # Built before any byte goes: bad parameters fail here, not mid-upload.
         header = build_upload_header(
@@ -240,11 +243,13 @@ class AsyncJobClient:
         )
         await self._write_resumably(connection, session, backoff)
         header.upload_key = session.key
+        header.expected_sha256 = await asyncio.to_thread(session.verified_sha256)
         request = job_service_pb2.SubmitVideoRequest(header=header)
         retried = uploaded_again = False
         while True:
             try:
-                # No deadline: the server reads the whole staged upload to check it.
+                # No deadline: a server without a running hash of the staged
+                # upload (written partly to another replica) reads it whole.
                 return (await connection.jobs().SubmitVideo(iter([request]))).job
             except grpc.RpcError as rpc_error:
                 error = VideoJobsError.from_rpc_error(rpc_error)
@@ -256,6 +261,9 @@ class AsyncJobClient:
                     )
                     await self._write_resumably(connection, session, self.retry.backoff())
                     request.header.upload_key = session.key
+                    request.header.expected_sha256 = await asyncio.to_thread(
+                        session.verified_sha256
+                    )
                     continue
                 if not is_transient(error):
                     raise error from rpc_error

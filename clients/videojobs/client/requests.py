@@ -130,11 +130,32 @@ def build_list_request(
 @dataclass(frozen=True)
 class UploadFile:
     """A local file about to be uploaded, with the size and SHA-256 the server
-    checks the upload against."""
+    checks the upload against. `sha256` is empty for one only measured: a
+    resumable upload hashes the bytes as it reads them to send them."""
 
     path: Path
     size: int
     sha256: str
+    # st_mtime_ns when measured, to see whether the file changed meanwhile.
+    modified_ns: int = 0
+
+    @classmethod
+    def measure(cls, path: str | os.PathLike[str]) -> UploadFile:
+        """The file's size and modification time, without reading it.
+
+        Raises:
+            OSError: the file cannot be read (missing, a directory, no permission).
+        """
+        with open(path, "rb") as file:
+            info = os.fstat(file.fileno())
+        return cls(Path(path), info.st_size, "", info.st_mtime_ns)
+
+    def check_unchanged(self) -> None:
+        """Raises OSError when the file's size or modification time is no
+        longer what `measure` saw: what was uploaded may mix two versions."""
+        info = os.stat(self.path)
+        if (info.st_size, info.st_mtime_ns) != (self.size, self.modified_ns):
+            raise OSError(f"{self.path} changed while it was uploaded")
 
     @classmethod
     def describe(cls, path: str | os.PathLike[str], *, block_size: int = 1024 * 1024) -> UploadFile:

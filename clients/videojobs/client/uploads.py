@@ -12,6 +12,7 @@ committed byte is sent twice. SubmitVideo then names the finished upload in
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -67,6 +68,8 @@ def new_request_id() -> str:
 # lost to grpc.aio's client (grpc/grpc#36066: the caller then sees INTERNAL
 # instead of NOT_A_VIDEO). A short first stream gets the real verdict.
 HEAD_PROBE_BYTES = 64 * 1024
+# Reads that hash what the upload streams skipped go this much at a time.
+HASH_BLOCK_BYTES = 1024 * 1024
 
 
 class ResumableUpload:
@@ -108,6 +111,11 @@ class ResumableUpload:
         self._on_progress = on_progress
         self._clock = clock
         self.last_activity = clock()
+        # The file's SHA-256 over its first `_hashed` bytes, taken from the
+        # reads that send them (each byte once, in order), so a large file is
+        # not read a second time just to hash it.
+        self._digest = hashlib.sha256()
+        self._hashed = 0
 
     @property
     def position(self) -> int:
@@ -243,4 +251,36 @@ class ResumableUpload:
                 f"{self.upload.path} changed while it was uploaded (shorter than described)"
             )
             raise self.read_error
+        end = position + len(data)
+        if position <= self._hashed < end:
+            self._digest.update(memoryview(data)[self._hashed - position :])
+            self._hashed = end
         return data
+
+    def verified_sha256(self) -> str:
+        """The SHA-256 for the SubmitVideo header, once the upload is
+        complete. Raises OSError when the file changed since it was measured
+        (what went up may mix two versions of it), or cannot be read."""
+        if self.upload.modified_ns:  # measured (UploadFile.measure)
+            self.upload.check_unchanged()
+        return self.sha256_hex()
+
+    def sha256_hex(self) -> str:
+        """The SHA-256 of the file's `upload.size` bytes, hashed as they were
+        read to be sent; should the streams have skipped some (the server
+        held bytes this session did not send), the file is read again from
+        the first of them, now, in the caller's thread.
+
+        Raises:
+            OSError: the file cannot be read, or is shorter than described.
+        """
+        if self._hashed < self.upload.size:
+            with self._open() as file:
+                file.seek(self._hashed)
+                while self._hashed < self.upload.size:
+                    block = file.read(min(HASH_BLOCK_BYTES, self.upload.size - self._hashed))
+                    if not block:
+                        raise OSError(f"{self.upload.path} changed while it was uploaded")
+                    self._digest.update(block)
+                    self._hashed += len(block)
+        return self._digest.hexdigest()

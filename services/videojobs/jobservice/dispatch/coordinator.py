@@ -407,10 +407,21 @@ class DispatchCoordinator:
     def _flush_progress(self, session: WorkerSession, job_id: str) -> None:
         """Records the progress held back by the interval, if its lease still stands."""
         session.progress_flushes.pop(job_id, None)
-        pending = session.pending_progress.pop(job_id, None)
+        pending = session.pending_progress.get(job_id)
         if pending is None or session.closed or session.leases.get(job_id) != pending[0]:
+            session.pending_progress.pop(job_id, None)
             return
-        session.last_progress_at[job_id] = time.monotonic()
+        now = time.monotonic()
+        wait = PROGRESS_EVENT_MIN_INTERVAL_SECONDS - (
+            now - session.last_progress_at.get(job_id, -math.inf)
+        )
+        if wait > 0:  # the last event was written later than this timer assumed
+            session.progress_flushes[job_id] = asyncio.get_running_loop().call_later(
+                wait, self._flush_progress, session, job_id
+            )
+            return
+        del session.pending_progress[job_id]
+        session.last_progress_at[job_id] = now
         step = functools.partial(self._progress_step, session, job_id, *pending, quiet=True)
         task = asyncio.create_task(self._run_steps([(job_id, step)]))
         self._background.add(task)
@@ -443,6 +454,10 @@ class DispatchCoordinator:
             self._refused(batch, session, job_id, token, refused)
         else:
             lifecycle.record_progress(batch.repository, row, fraction, stage)
+            # The interval counts from when the event is written (its time),
+            # not from when the report was read: a step that waited for the
+            # database must not let the next event come sooner after it.
+            session.last_progress_at[job_id] = time.monotonic()
 
     async def report_partial_result(
         self,
@@ -585,7 +600,7 @@ class DispatchCoordinator:
             )
             if refused is None:
                 log.info("job %s succeeded on worker %s", job_id, session.worker_id)
-                self.dispatcher.wake()
+                self.dispatcher.slot_freed()
                 if attempt > 1:  # only earlier attempts can have left files
                     await self._outputs.remove_other_attempts(job_id, prefix)
 

@@ -5,7 +5,9 @@ worker connecting), by the moment a job backing off becomes eligible, and, as
 a safety net only, every `resync_interval` seconds. Each claim locks the
 first eligible job whose every pipeline the worker runs (skipping rows other
 replicas have locked, on PostgreSQL) and moves it to RUNNING through the
-lifecycle, in one transaction.
+lifecycle, in one transaction. A claim that finds nothing more waiting for
+a set of pipelines is remembered until jobs are queued again (or a timed
+wake-up), so a slot freed meanwhile costs no transaction to find nothing.
 """
 
 from __future__ import annotations
@@ -60,6 +62,13 @@ class Dispatcher:
         # eligible, and after a wake-up that did not say.
         self._eligible_unknown = True
         self._next_eligible: datetime | None = None
+        # Pipeline sets for which a claim found no job waiting, since the
+        # last time jobs were queued (a JobsQueued notice, a resync, a timed
+        # wake-up for a backoff or the safety net): a session with such a set
+        # whose slot frees up needs no claim transaction to find nothing.
+        # `_queued_count` tells a claim whether jobs were queued while it ran.
+        self._nothing_waiting_for: set[frozenset[str]] = set()
+        self._queued_count = 0
 
     def wake(self, eligible_at: datetime | None = None, *, known: bool = True) -> None:
         """Look for work now. `eligible_at`: a job backing off until then was
@@ -69,13 +78,26 @@ class Dispatcher:
             self._eligible_unknown = True
         elif eligible_at is not None:
             self._next_eligible = earliest(self._next_eligible, eligible_at)
+        self._forget_nothing_waiting()
         self._wake.set()
+
+    def slot_freed(self) -> None:
+        """A session's slot came free (a job ended there) and nothing was
+        queued by it: look for work for that session, unless a claim already
+        found none waiting for its pipelines since jobs were last queued."""
+        self._wake.set()
+
+    def _forget_nothing_waiting(self) -> None:
+        self._queued_count += 1
+        self._nothing_waiting_for.clear()
 
     async def run(self) -> None:
         """The dispatch loop (until cancelled)."""
         timeout: float | None = 0.0
         while True:
-            await wait_event(self._wake, timeout)
+            if not await wait_event(self._wake, timeout):
+                # A backoff ended or the safety net is due: look again.
+                self._forget_nothing_waiting()
             self._wake.clear()
             try:
                 # Jobs whose backoff ended after the round began were not seen
@@ -113,13 +135,20 @@ class Dispatcher:
         transaction on finding nothing."""
         exhausted: set[str] = set()
         while True:
-            ready = [s for s in self._sessions.ready() if s.session_id not in exhausted]
+            ready = [
+                s
+                for s in self._sessions.ready()
+                if s.session_id not in exhausted and s.pipelines not in self._nothing_waiting_for
+            ]
             if not ready:
                 return
             for session in ready:
+                queued_count = self._queued_count
                 handed_out, more = await self.assign_one(session)
                 if not (handed_out and more):
                     exhausted.add(session.session_id)
+                    if queued_count == self._queued_count:  # nothing queued meanwhile
+                        self._nothing_waiting_for.add(session.pipelines)
 
     async def assign_one(self, session: WorkerSession) -> tuple[bool, bool]:
         """Claims the next job `session`'s worker can run and queues its
