@@ -125,9 +125,11 @@ async def accept(store: JobStore, row: JobRow, pipelines: Sequence[str]) -> None
     if row.state != JobState.QUEUED.value:
         raise ValueError(f"a new job starts QUEUED, not {row.state}")
     row.last_sequence = 0
+    # Recorded first, so the row is inserted already at sequence 1 (no
+    # UPDATE after); `add` stages the event once the row is in.
+    store.record(row, StateChanged(None, JobState.QUEUED, "accepted"))
     await store.add(row)
     store.set_pipelines(row, pipelines)
-    store.record(row, StateChanged(None, JobState.QUEUED, "accepted"))
     store.notify(JobsQueued(row.available_at, row.queue_deadline_at))
 
 

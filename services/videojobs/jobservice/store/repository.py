@@ -10,7 +10,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from sqlalchemy import Text, and_, bindparam, cast, delete, func, select, type_coerce, update
+from sqlalchemy import (
+    Text,
+    and_,
+    bindparam,
+    cast,
+    delete,
+    func,
+    inspect,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from videojobs.jobservice import event_payloads
@@ -130,6 +141,7 @@ class JobRepository:
         self._notices: list[Notice] = []
         self._jobs_with_new_events: set[str] = set()
         self._new_events: list[JobEvent] = []
+        self._events_awaiting_insert: list[EventRow] = []
 
     # -- notices -------------------------------------------------------------
 
@@ -487,9 +499,13 @@ class JobRepository:
 
     async def add(self, row: JobRow) -> None:
         """Inserts a new job row now (its events reference it; a clash on a
-        unique key raises IntegrityError here)."""
+        unique key raises IntegrityError here). Events recorded before, while
+        the row was new, are staged after it: without relationship()s the
+        unit of work would not insert them in that order."""
         self.session.add(row)
         await self.session.flush()
+        self.session.add_all(self._events_awaiting_insert)
+        self._events_awaiting_insert.clear()
 
     async def flush(self) -> None:
         """Sends staged changes (raises IntegrityError on a unique-key clash)."""
@@ -516,7 +532,10 @@ class JobRepository:
         self, row: JobRow, outcome: AttemptOutcome, error: JobError | None = None
     ) -> None:
         """Records how the job's current attempt ended (if it is open)."""
-        attempt = await self.session.get(AttemptRow, (row.job_id, row.attempt))
+        # No flush first: the job's pending changes go in one UPDATE at commit,
+        # not one now and another for what the caller changes after this.
+        with self.session.no_autoflush:
+            attempt = await self.session.get(AttemptRow, (row.job_id, row.attempt))
         if attempt is None or attempt.outcome != AttemptOutcome.RUNNING.value:
             return
         attempt.outcome = outcome.value
@@ -561,17 +580,21 @@ class JobRepository:
         row.last_sequence = (row.last_sequence or 0) + 1
         created_at = at or utc_now()
         state = job_state if job_state is not None else JobState(row.state)
-        self.session.add(
-            EventRow(
-                job_id=row.job_id,
-                sequence=row.last_sequence,
-                created_at=created_at,
-                kind=payload.kind.value,
-                job_state=state.value,
-                attempt=row.attempt,
-                payload=event_payloads.encode(payload),
-            )
+        event_row = EventRow(
+            job_id=row.job_id,
+            sequence=row.last_sequence,
+            created_at=created_at,
+            kind=payload.kind.value,
+            job_state=state.value,
+            attempt=row.attempt,
+            payload=event_payloads.encode(payload),
         )
+        if inspect(row).transient:
+            # A job not inserted yet: inserted by `add` already counting this
+            # event (no UPDATE after), which is staged once the row is in.
+            self._events_awaiting_insert.append(event_row)
+        else:
+            self.session.add(event_row)
         self._jobs_with_new_events.add(row.job_id)
         # The same event as a read would return it, for followers in this process.
         self._new_events.append(
