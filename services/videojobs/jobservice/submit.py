@@ -261,7 +261,16 @@ class SubmitService:
             data = bytes(gathered)
             gathered.clear()
             if writer is None:
-                writer = await asyncio.to_thread(self._open_and_write, staged, data)
+                opening = asyncio.ensure_future(
+                    asyncio.to_thread(self._open_and_write, staged, data)
+                )
+                try:
+                    writer = await asyncio.shield(opening)
+                except asyncio.CancelledError:
+                    # The client went away while the thread opens the staged
+                    # object: take what it opens, so `finally` removes it.
+                    writer = await run_to_completion(opening)
+                    raise
             else:
                 await asyncio.to_thread(writer.write, data)
             UPLOAD_BYTES.inc(len(data))
