@@ -111,3 +111,19 @@ async def test_take_waiting_never_waits_and_takes_at_most_what_it_is_asked():
     inbox.close("ended")
     messages, end = inbox.take_waiting(5)
     assert (_ids(messages), end) == (["c"], "ended")
+
+
+async def test_waiting_for_more_ends_with_a_message_the_end_or_the_time():
+    inbox = ReportInbox(max_messages=10, max_bytes=1 << 20)
+    assert not await inbox.wait(0.01)  # nothing came in time
+    waiter = asyncio.create_task(inbox.wait(30))
+    await _settle()
+    assert not waiter.done()
+    await inbox.put(_message("a"), 10)
+    assert await asyncio.wait_for(waiter, 5)
+    assert await inbox.wait(30)  # already there: no wait
+    assert _ids((await inbox.take())[0]) == ["a"]
+    waiter = asyncio.create_task(inbox.wait(30))
+    await _settle()
+    inbox.close("ended")
+    assert await asyncio.wait_for(waiter, 5)

@@ -48,6 +48,12 @@ BACKOFF_INITIAL_SECONDS = 0.2
 BACKOFF_MAX_SECONDS = 5.0
 UNCONFIRMED_RETENTION_SECONDS = 120.0
 MAX_BACKLOG = 10_000
+# A job's progress and partial results wait at most this long and go with
+# what follows them; its end (completion, failure, stop) sends them at once.
+# A short job's reports then reach job-service back to back and are applied
+# in one transaction instead of one each. Followers see them this much later
+# at most.
+REPORT_WINDOW_SECONDS = 0.02
 CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 10_000),
@@ -86,6 +92,7 @@ class WorkerAgent:
         settings: WorkerSettings,
         pipelines: list[str],
         on_replaced: Callable[[], None] | None = None,
+        report_window: float = REPORT_WINDOW_SECONDS,
     ) -> None:
         self.settings = settings
         self.replaced = False
@@ -104,6 +111,10 @@ class WorkerAgent:
         self._backlog: list[pb.ConnectRequest] = []
         self._unconfirmed: dict[str, tuple[str, pb.ConnectRequest, float]] = {}
         self._job_tasks: set[asyncio.Task] = set()
+        # Job reports waiting for the report window (see REPORT_WINDOW_SECONDS).
+        self._held_reports: list[pb.ConnectRequest] = []
+        self._report_flush: asyncio.TimerHandle | None = None
+        self._report_window = report_window
         self._closing = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -193,6 +204,7 @@ class WorkerAgent:
         self._closing.set()
         for job in list(self.jobs.values()):
             await job.stop("worker stopping")
+        self._send_held_reports()
         if self._queue is not None:
             self._queue.put_nowait(_CLOSE)
         for task in list(self._job_tasks):
@@ -267,6 +279,25 @@ class WorkerAgent:
             if message is _CLOSE:
                 return
             yield message
+
+    def _hold_report(self, message: pb.ConnectRequest) -> None:
+        """Queues a job's progress or partial result for the report window."""
+        self._held_reports.append(message)
+        if self._report_window <= 0:
+            self._send_held_reports()
+        elif self._report_flush is None:
+            self._report_flush = asyncio.get_running_loop().call_later(
+                self._report_window, self._send_held_reports
+            )
+
+    def _send_held_reports(self) -> None:
+        """Sends what waits for the report window, in order."""
+        if self._report_flush is not None:
+            self._report_flush.cancel()
+            self._report_flush = None
+        held, self._held_reports = self._held_reports, []
+        for message in held:
+            self._send(message)
 
     def _send(self, message: pb.ConnectRequest) -> None:
         if self._queue is not None:
@@ -365,12 +396,13 @@ class WorkerAgent:
                 )
 
                 async def relay(line: dict) -> None:
-                    self._send(self._report(job, line))
+                    self._hold_report(self._report(job, line))
 
                 line = await run_child(job, task, relay, self.pool)
             message = self._report(job, line)
             if line["type"] in ("completed", "failed"):
                 self._unconfirmed[job.job_id] = (token, message, time.monotonic())
+            self._send_held_reports()  # this job's last ones go first
             self._send(message)
             log.info("job %s attempt %d: %s", job.job_id, job.attempt, line["type"])
             WORKER_JOBS.labels(job.pipeline, line["type"]).inc()

@@ -20,7 +20,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2
 
 from videojobs.common import errors
-from videojobs.common.aio import run_to_completion
+from videojobs.common.aio import run_to_completion, wait_event
 from videojobs.common.auth import current_principal
 from videojobs.common.grpc_errors import maps_service_errors
 from videojobs.common.logs import bind_log_fields
@@ -73,6 +73,12 @@ _END_OF_STREAM = object()
 # applied the same reports in 1333, 1220, 1142 and 1061 transactions, and
 # one job in flight took no longer.
 GATHER_TURNS = 4
+# A run that ends with a job's progress or partial result waits this long
+# (in all) for what follows it: the worker agent sends a short job's reports
+# in one burst with its end, and the burst is then one transaction. A run
+# ending with anything else is applied at once.
+BURST_GATHER_SECONDS = 0.005
+_BURST_PAYLOADS = frozenset({"progress", "partial_result"})
 
 
 def _key(value: str, field_name: str) -> StorageKey:
@@ -217,6 +223,15 @@ class DispatchServicer(dispatch_service_pb2_grpc.DispatchServiceServicer):
                     if end is not None or len(messages) >= REPORT_RUN_MAX_MESSAGES:
                         break
                     await asyncio.sleep(0)
+                    more, end = inbox.take_waiting(REPORT_RUN_MAX_MESSAGES - len(messages))
+                    messages += more
+                deadline = asyncio.get_running_loop().time() + BURST_GATHER_SECONDS
+                while (
+                    end is None
+                    and len(messages) < REPORT_RUN_MAX_MESSAGES
+                    and messages[-1].WhichOneof("payload") in _BURST_PAYLOADS
+                    and await inbox.wait(deadline - asyncio.get_running_loop().time())
+                ):
                     more, end = inbox.take_waiting(REPORT_RUN_MAX_MESSAGES - len(messages))
                     messages += more
                 reports: list[WorkerReport] = []
@@ -407,6 +422,14 @@ class ReportInbox:
         if messages:
             self._room.set()
         return messages, (self._end if not self._waiting else None)
+
+    async def wait(self, seconds: float) -> bool:
+        """Waits at most `seconds` for a message (or the stream's end);
+        returns whether one is there to take."""
+        if not self._waiting and self._end is None and seconds > 0:
+            self._ready.clear()
+            await wait_event(self._ready, seconds)
+        return bool(self._waiting) or self._end is not None
 
     async def take(self) -> tuple[list[pb.ConnectRequest], object | None]:
         """The messages waiting (at least one unless the stream has ended),
