@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from videojobs.pipelines.media import DEFAULT_MAX_FRAME_PIXELS
 from videojobs.stack.sample_video import write_sample_video
 from videojobs.storage import StorageKey, open_blob_store
 from videojobs.storage.blobstore import put_bytes
@@ -22,6 +21,7 @@ from videojobs.worker.pool import ChildPool
 from videojobs.worker.protocol import ChildTask
 from videojobs.worker.runner import RunningJob, run_child
 
+from support.child_tasks import probe_task
 from support.waiting import eventually
 
 pytestmark = pytest.mark.e2e
@@ -42,18 +42,7 @@ def storage(tmp_path) -> Path:
 
 
 def _task(storage: Path, name: str, attempt: int = 1) -> ChildTask:
-    return ChildTask(
-        storage_url=str(storage),
-        job_id=name,
-        attempt=attempt,
-        input_key=f"jobs/{name}/input/source.mp4",
-        pipeline="probe",
-        parameters={},
-        output_prefix=f"jobs/{name}/attempts/{attempt}",
-        input_format="mp4",
-        max_frame_pixels=DEFAULT_MAX_FRAME_PIXELS,
-        memory_limit_bytes=0,
-    )
+    return probe_task(str(storage), name, attempt)
 
 
 async def _run(pool: ChildPool, task: ChildTask) -> tuple[dict, RunningJob]:

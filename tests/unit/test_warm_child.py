@@ -9,12 +9,12 @@ import json
 import pytest
 
 from videojobs.pipelines import registry
-from videojobs.pipelines.media import DEFAULT_MAX_FRAME_PIXELS
 from videojobs.stack.sample_video import write_sample_video
 from videojobs.storage import StorageKey, open_blob_store
 from videojobs.storage.blobstore import put_bytes
 from videojobs.worker import child
-from videojobs.worker.protocol import ChildTask
+
+from support.child_tasks import probe_task
 
 
 @pytest.fixture
@@ -46,18 +46,7 @@ def test_a_warm_child_finds_the_installed_pipelines_once(tmp_path, counted_entry
         video = io.BytesIO()
         write_sample_video(video, width=width, height=height, fps=10, frames=5)
         put_bytes(store, StorageKey(f"jobs/{job_id}/input/source.mp4"), video.getvalue())
-        task = ChildTask(
-            storage_url=storage_url,
-            job_id=job_id,
-            attempt=1,
-            input_key=f"jobs/{job_id}/input/source.mp4",
-            pipeline="probe",
-            parameters={},
-            output_prefix=f"jobs/{job_id}/attempts/1",
-            input_format="mp4",
-            max_frame_pixels=DEFAULT_MAX_FRAME_PIXELS,
-            memory_limit_bytes=0,
-        )
+        task = probe_task(storage_url, job_id)
         lines = io.StringIO()
         child.run(task, child.LineReporter(lines, "probe"))
         completed = json.loads(lines.getvalue().splitlines()[-1])
